@@ -1,0 +1,43 @@
+# Leap reproduction suite. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Real data for tests and runs: ../shared/datasets beside the checkout unless LEAP_DATA_DIR says otherwise.
+export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast quickstart smoke protocol sync-wandb clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## Create .venv and install the project with its test extras
+
+test: $(STAMP) ## Set up, then run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## Set up, then run the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+quickstart: $(STAMP) ## Set up, then meta-train Leap on Omniglot (scale=small) and test it on held-out alphabets
+	$(BIN)/python run.py experiment=omniglot method=leap scale=small
+
+smoke: $(STAMP) ## Seconds-long run of every method on Omniglot
+	$(BIN)/python run.py -m experiment=omniglot method=leap,leap_paper,reptile,fomaml,finetune,finetune_single,scratch scale=smoke progress=false
+
+protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 25 min on 2 cores)
+	$(BIN)/python scripts/protocol_study.py
+
+sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
+	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync
+
+clean: ## Remove caches (keeps runs/ and results/)
+	rm -rf .cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

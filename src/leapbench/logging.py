@@ -1,0 +1,113 @@
+"""Run logging: local files are the source of truth; Weights & Biases mirrors them when enabled.
+
+Files in the run directory:
+
+* ``metrics.jsonl``: one JSON object per row, ``{"meta_step", "split", ...}`` (``split`` is ``train``, ``val``
+  or ``test``; evaluation rows carry their mean error curve);
+* ``summary.json``: the final scores and provenance, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunLogger:
+    """Appends metric rows to ``metrics.jsonl`` and mirrors them to W&B (``wandb=True``).
+
+    The W&B run id is derived from the run name, so a rerun of the same run resumes the same W&B run.
+    If W&B cannot start, logging continues locally with one warning.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, run_name: str, config: dict, wandb: bool = False, mode: str = "offline",
+        project: str = "leapbench", entity: str | None = None, group: str | None = None,
+        job_type: str | None = None, tags: list[str] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self.wandb = None
+        if wandb:
+            self.wandb = self._start_wandb(run_name, config, mode, project, entity, group, job_type, tags)
+
+    def _start_wandb(self, run_name, config, mode, project, entity, group, job_type, tags):
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            import wandb
+
+            run = wandb.init(
+                project=project, entity=entity, group=group, job_type=job_type, tags=list(tags or []),
+                name=run_name, id=hashlib.sha1(run_name.encode()).hexdigest()[:16], resume="allow",
+                dir=str(self.run_dir), mode=mode, config=config, reinit="finish_previous",
+            )
+            run.define_metric("meta_step")
+            for prefix in ("train", "val"):
+                run.define_metric(f"{prefix}/*", step_metric="meta_step")
+            return run
+        except Exception as e:  # noqa: BLE001 - W&B must never stop a run
+            warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); logging to local files only.", stacklevel=2)
+            return None
+
+    def log(self, row: dict) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self._mirror(row)
+
+    def _mirror(self, row: dict) -> None:
+        try:
+            import wandb
+
+            split = row["split"]
+            data: dict[str, Any] = {"meta_step": row["meta_step"]}
+            for k, v in row.items():
+                if k in ("split", "meta_step"):
+                    continue
+                if k == "curve":
+                    table = wandb.Table(data=[[i, e] for i, e in enumerate(v)], columns=["adapt_step", "error"])
+                    title = f"{split} training-error curve at meta-step {row['meta_step']}"
+                    data[f"{split}/curve"] = wandb.plot.line(table, "adapt_step", "error", title=title)
+                elif isinstance(v, (int, float)):
+                    data[f"{split}/{k}"] = v
+            self.wandb.log(data)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local files only.", stacklevel=2)
+            self.wandb = None
+
+    def summary(self, summary: dict) -> None:
+        write_json(self.run_dir / "summary.json", summary)
+        if self.wandb is not None:
+            flat = {f"{k}/{kk}": vv for k, v in summary.items() if isinstance(v, dict)
+                    for kk, vv in v.items() if isinstance(vv, (int, float, str))}
+            flat.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self.wandb.summary.update(flat)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            try:
+                self.wandb.finish(exit_code=exit_code)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B finish failed ({type(e).__name__}: {e}).", stacklevel=2)
+            self.wandb = None

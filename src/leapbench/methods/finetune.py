@@ -1,0 +1,84 @@
+"""Multi-task fine-tuning: train one model on the pretraining tasks, then adapt it to new tasks.
+
+* ``multi_head=True`` (the paper's Finetune-dagger, the reference ``FtWrapper``): a linear head per pretraining
+  task on the shared body; evaluation starts from the body with a fresh, untrained head.
+* ``multi_head=False`` (Finetune-double-dagger, not in the authors' code; written from the paper): one head
+  shared by all alphabets, whose label sets collide, and evaluation starts from body *and* that head.
+
+One meta-step draws the same batches as the other methods (``inner.steps`` per task, for each task of the
+batch) and trains on them in a random interleaving with one persistent optimizer, as ``FtWrapper`` does.
+The task learning rate comes from ``inner.optimizer`` (0.01 for fine-tuning in the paper).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..inner import Inner, train_step
+from ..tasks import Task
+from .base import MetaLearner
+
+
+class Finetune(MetaLearner):
+    def __init__(self, name: str, multi_head: bool = True) -> None:
+        super().__init__(name)
+        self.multi_head = multi_head
+
+    def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
+        super().setup(model, inner, num_tasks)
+        self.heads = nn.ModuleList()
+        if self.multi_head:
+            self.heads = nn.ModuleList(_fresh(model.head) for _ in range(num_tasks))
+            self.fresh_head = _fresh(model.head)  # drawn once: every evaluation task starts from it
+        self.opt = inner.optimizer(list(model.parameters()) + list(self.heads.parameters()))
+
+    def _forward(self, task_id: int):
+        if not self.multi_head:
+            return lambda model, x: model(x)
+        head = self.heads[task_id]
+        return lambda model, x: head(model.embed(x))
+
+    def meta_step(self, tasks: list[Task], generator: torch.Generator) -> dict[str, float]:
+        steps, bs = self.inner.steps, self.inner.batch_size
+        streams = [iter(t.batches(steps, bs, generator)) for t in tasks]
+        order = torch.arange(len(tasks)).repeat_interleave(steps)
+        order = order[torch.randperm(len(order), generator=generator)]
+        self.model.train()
+        losses, errors = [], []
+        for i, k in enumerate(order.tolist()):
+            x, y = next(streams[k])
+            loss, err = train_step(self.model, self.opt, x, y, self._forward(tasks[k].task_id), tasks[k].name, i)
+            self.opt.step()
+            losses.append(loss)
+            errors.append(err)
+        return {"loss": float(np.mean(losses)), "error": 100 * float(np.mean(errors))}
+
+    def initialization(self) -> nn.Module:
+        if not self.multi_head:
+            return self.model
+        init = copy.deepcopy(self.model)
+        init.head = copy.deepcopy(self.fresh_head)
+        return init
+
+    def state_dict(self) -> dict:
+        state = {"model": self.model.state_dict(), "heads": self.heads.state_dict(), "opt": self.opt.state_dict()}
+        if self.multi_head:
+            state["fresh_head"] = self.fresh_head.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.heads.load_state_dict(state["heads"])
+        self.opt.load_state_dict(state["opt"])
+        if self.multi_head:
+            self.fresh_head.load_state_dict(state["fresh_head"])
+
+
+def _fresh(head: nn.Module) -> nn.Module:
+    new = copy.deepcopy(head)
+    new.reset_parameters()
+    return new
+

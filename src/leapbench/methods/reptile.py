@@ -1,0 +1,27 @@
+"""Reptile (Nichol et al., 2018): the meta-gradient is theta^0 - psi, averaged over tasks.
+
+As in the authors' code, psi is the point before the last update (psi^{K-1}); ``last_step=True`` uses the
+final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .base import InitializationLearner, flat_params
+
+
+class Reptile(InitializationLearner):
+    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False, scope: str | None = None) -> None:
+        super().__init__(name, meta_optimizer, scope)
+        self.last_step = last_step
+
+    def on_step(self, step: int, loss: float, model: nn.Module) -> None:
+        if step == self.inner.steps - 1 and not self.last_step:
+            self.final = flat_params(self.work_params)
+
+    def end_task(self) -> Tensor:
+        final = flat_params(self.work_params) if self.last_step else self.final
+        return self.theta0 - final

@@ -1,0 +1,219 @@
+"""The one runner: build the experiment from its config, meta-train, validate, test and log.
+
+``run(cfg)`` takes a composed config (``run.py`` composes it with Hydra; tests use Hydra's compose API) and
+never asks Hydra for anything else, so it runs the same under ``@hydra.main``, a launcher or a test.
+"""
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from .errors import ConfigError, LeapError
+from .evaluation import evaluate
+from .inner import DivergenceError
+from .logging import RunLogger, write_json
+from .methods.base import MetaLearner
+
+# Keys that do not change what a run computes: a finished run with only these changed is the same run.
+NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate`` that surfaces our own errors instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, LeapError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(f"Cannot build {node.get('_target_', 'config node')}: {e}") from e
+
+
+def check(cfg: DictConfig) -> None:
+    t = cfg.train
+    if t.meta_steps < 0:
+        raise ConfigError(f"train.meta_steps={t.meta_steps} must be >= 0.")
+    if t.meta_batch_size < 1:
+        raise ConfigError(f"train.meta_batch_size={t.meta_batch_size} must be at least 1.")
+    if t.val_every is not None and t.val_every < 1:
+        raise ConfigError(f"train.val_every={t.val_every} must be at least 1 (or null to never validate).")
+    if t.val_metric not in ("error", "auc"):
+        raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
+
+
+def provenance(overrides: list[str] | None) -> dict:
+    """The command, commit and library versions behind a result."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    return {
+        "command": "python run.py " + " ".join(overrides or []),
+        "commit": commit or "unknown",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _result_config(cfg: DictConfig) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in c.items() if k not in NON_RESULT_KEYS}
+
+
+def prepare_run_dir(cfg: DictConfig) -> dict | None:
+    """Make the run directory; return the summary of an identical finished run (nothing to do), if any."""
+    run_dir = Path(cfg.run_dir)
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    if summary_path.exists() and not cfg.overwrite:
+        import json
+
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "finished":
+            old = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
+            if old is not None and {k: v for k, v in old.items() if k not in NON_RESULT_KEYS} == _result_config(cfg):
+                return summary
+            raise ConfigError(
+                f"{run_dir} holds a finished run with a different config. Set tag=<name> to keep both, "
+                "or overwrite=true to replace it."
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "summary.json", "eval_test.json"):  # a partial or replaced run starts clean
+        (run_dir / name).unlink(missing_ok=True)
+    OmegaConf.save(cfg, config_path, resolve=True)
+    return None
+
+
+@contextmanager
+def where(label: str):
+    """Name the phase (meta-step, validation, test) in a divergence message."""
+    try:
+        yield
+    except DivergenceError as e:
+        raise DivergenceError(f"{label}: {e}") from None
+
+
+class TaskSampler:
+    """Meta-batches as in the reference code: shuffled passes over the tasks, concatenated and cut."""
+
+    def __init__(self, num_tasks: int, generator: torch.Generator) -> None:
+        self.n, self.g, self.queue = num_tasks, generator, []
+
+    def sample(self, k: int) -> list[int]:
+        while len(self.queue) < k:
+            self.queue += torch.randperm(self.n, generator=self.g).tolist()
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Meta-train, validate and test one configuration; return its summary (also in ``summary.json``)."""
+    check(cfg)
+    done = prepare_run_dir(cfg)
+    if done is not None:
+        print(f"[leapbench] {cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
+        return done
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    data = build(cfg.data)
+    inner = build(cfg.inner)
+    learner: MetaLearner = build(cfg.method)
+    val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
+    if learner.trains and not data.pretrain:
+        raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
+    with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.model)
+        learner.setup(model, inner, len(data.pretrain))
+
+    logger: RunLogger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name,
+                                          config=OmegaConf.to_container(cfg, resolve=True))
+    start = time.time()
+    exit_code = 1
+    try:
+        summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger)
+        summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **provenance(overrides))
+        logger.summary(summary)
+        exit_code = 0
+        return summary
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "crashed"
+        write_json(Path(cfg.run_dir) / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
+                                                        "wall_time_s": round(time.time() - start, 1)})
+        raise
+    finally:
+        logger.close(exit_code)
+
+
+def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger) -> dict:
+    t = cfg.train
+    g = torch.Generator().manual_seed(cfg.seed)
+    sampler = TaskSampler(len(data.pretrain), g)
+    val_seed, test_seed = 2 * cfg.seed + 1, 2 * cfg.seed  # fixed per seed: every method sees the same data
+    steps = t.meta_steps if learner.trains else 0
+    validate = learner.trains and t.val_every is not None and data.val
+    best: dict | None = None
+    bad, stopped_early = 0, False
+
+    def validation(step: int) -> bool:
+        """Validate the current initialization; return True when early stopping says stop."""
+        nonlocal best, bad
+        with where(f"Validation at meta-step {step}"):
+            res = evaluate(learner.initialization(), data.val, inner, val_adapt, val_seed)
+        logger.log({"meta_step": step, "split": "val", "error": res["error"], "auc": res["auc"], "curve": res["curve"]})
+        if best is None or res[t.val_metric] < best[t.val_metric]:
+            best = {"meta_step": step, "error": res["error"], "auc": res["auc"],
+                    "init": copy.deepcopy(learner.initialization())}
+            bad = 0
+        else:
+            bad += 1
+        return t.patience is not None and bad >= t.patience
+
+    if validate:
+        validation(0)
+    bar = tqdm(range(1, steps + 1), desc=cfg.run_name, disable=not cfg.progress, dynamic_ncols=True, unit="meta-step")
+    for step in bar:
+        tasks = [data.pretrain[i] for i in sampler.sample(t.meta_batch_size)]
+        with where(f"Meta-step {step}"):
+            m = learner.meta_step(tasks, g)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", err=f"{m['error']:.1f}")
+        logger.log({"meta_step": step, "split": "train", **m})
+        if validate and (step % t.val_every == 0 or step == steps):
+            if validation(step):
+                stopped_early = True
+                break
+    bar.close()
+
+    init = best["init"] if (best is not None and t.early_stopping) else learner.initialization()
+    with where("Test evaluation"):
+        test = evaluate(init, data.test, inner, test_adapt, test_seed)
+    logger.log({"meta_step": step if steps else 0, "split": "test", "error": test["error"], "auc": test["auc"],
+                "train_error": test["train_error"], "curve": test["curve"]})
+    write_json(Path(cfg.run_dir) / "eval_test.json", test)
+    return {
+        "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name,
+        "num_pretrain": len(data.pretrain), "seed": cfg.seed,
+        "test": {k: test[k] for k in ("error", "auc", "train_error")}
+        | {"error_per_task": [round(x["error"], 2) for x in test["tasks"]], "tasks": [x["name"] for x in test["tasks"]]},
+        "val_best": None if best is None else {k: best[k] for k in ("meta_step", "error", "auc")},
+        "meta_steps_done": step if steps else 0, "stopped_early": stopped_early,
+        "mean_adapt_steps": float(np.mean([x["steps"] for x in test["tasks"]])),
+    }

@@ -1,0 +1,105 @@
+"""Every experiment x method x scale composes and instantiates; bad names and values fail clearly."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from conftest import FAKE, ROOT, make_cfg
+from leapbench.errors import ConfigError
+from leapbench.methods.base import MetaLearner
+from leapbench.runner import build, run
+
+EXPERIMENTS = ["omniglot"]
+METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
+SCALES = ["paper", "small", "smoke"]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_config_composes_and_instantiates(experiment, method, scale, fake_root, tmp_path):
+    cfg = make_cfg(f"experiment={experiment}", f"method={method}", f"scale={scale}", *FAKE,
+                   tmp_path=tmp_path, data_root=fake_root)
+    assert cfg.method.name == method and cfg.scale.name == scale
+    assert cfg.run_dir.endswith(f"{experiment}/{method}/{scale}/n2-s0")
+    data = build(cfg.data)
+    inner = build(cfg.inner)
+    learner = build(cfg.method)
+    assert isinstance(learner, MetaLearner)
+    learner.setup(build(cfg.model), inner, len(data.pretrain))
+    build(cfg.val), build(cfg.eval)
+    logger = build(cfg.logger)(run_dir=tmp_path / "r", run_name="x", config={})
+    logger.close()
+
+
+def test_paper_hyperparameters():
+    """The values Appendix D states, and the authors' code defaults where it is silent."""
+    leap = make_cfg("method=leap")
+    assert (leap.method.norm, leap.method.loss, leap.method.stabilizer) == (True, True, True)
+    assert leap.method.meta_optimizer.lr == 0.1 and leap.inner.optimizer.lr == 0.1
+    assert (leap.inner.steps, leap.inner.batch_size, leap.train.meta_batch_size, leap.train.meta_steps) == (100, 20, 20, 1000)
+    assert make_cfg("method=reptile").method.meta_optimizer.lr == 0.01
+    assert make_cfg("method=fomaml").method.meta_optimizer.lr == 0.1
+    for m in ("finetune", "finetune_single"):
+        assert make_cfg(f"method={m}").inner.optimizer.lr == 0.01
+    paper = make_cfg("method=leap_paper")
+    assert paper.method.norm is False and paper.method.meta_optimizer.lr == 0.2
+    assert make_cfg("method=leap", "inner.optimizer.lr=0.05").inner.optimizer.lr == 0.05  # CLI wins
+
+
+def test_data_root_from_environment(monkeypatch):
+    monkeypatch.setenv("LEAP_DATA_DIR", "/some/where")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        assert compose("config").data.root == "/some/where"
+
+
+def test_unknown_group_option_is_an_error():
+    with pytest.raises(MissingConfigException):
+        make_cfg("method=leep")
+
+
+def test_cli_unknown_method_exits_nonzero_with_the_options():
+    out = subprocess.run([sys.executable, "run.py", "method=leep"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "method/leep" in out.stderr and "leap" in out.stderr and "reptile" in out.stderr
+
+
+def test_unknown_target_is_an_error():
+    with pytest.raises(ConfigError, match="leapbench.methods.nope"):
+        build(make_cfg("method=leap", "method._target_=leapbench.methods.nope.Nope").method)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("inner.optimizer.lr=-0.1", "inner.optimizer.lr"),
+    ("method.meta_optimizer.lr=0", "meta_optimizer.lr"),
+    ("train.meta_batch_size=0", "meta_batch_size"),
+    ("inner.steps=0", "inner.steps"),
+    ("data.num_pretrain=3", "num_pretrain"),  # the fake tree has 2 pretraining alphabets
+    ("data.augment=flip", "data.augment"),
+    ("eval.mode=forever", "adaptation mode"),
+    ("train.val_metric=loss", "val_metric"),
+])
+def test_bad_values_fail_before_any_work(override, match, fake_root, tmp_path):
+    cfg = make_cfg("method=leap", "scale=smoke", *FAKE, override, tmp_path=tmp_path, data_root=fake_root)
+    with pytest.raises(ConfigError, match=match):
+        run(cfg)
+    assert not (tmp_path / "runs" / "omniglot" / "leap" / "smoke" / "n2-s0" / "summary.json").exists()
+
+
+def test_cli_bad_value_exits_2_with_message(fake_root, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "run.py", "scale=smoke", *FAKE, "inner.optimizer.lr=-1", f"paths.data={fake_root}",
+         f"paths.runs={tmp_path}", f"paths.cache={tmp_path}/c"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "inner.optimizer.lr=-1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_instantiate_uses_targets_only():
+    """No string-to-class switch: the method class comes from its _target_."""
+    cfg = make_cfg("method=reptile")
+    assert type(instantiate(cfg.method)).__name__ == "Reptile"

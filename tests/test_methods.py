@@ -1,0 +1,117 @@
+"""Methods on the real inner loop: streamed Leap equals eq. 8 over a stored trajectory; fine-tuning heads."""
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from leapbench.inner import Inner
+from leapbench.methods.base import flat_grads, flat_params
+from leapbench.methods.finetune import Finetune
+from leapbench.methods.leap import Leap
+from leapbench.methods.scratch import Scratch
+from leapbench.models import ConvNet
+from leapbench.tasks import Task
+
+
+def toy_task(seed: int, task_id: int = 0, n: int = 40) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 12, 12, generator=g)
+    y = torch.arange(n) % 4
+    x[:, :, :3, :3] += y.view(-1, 1, 1, 1) * 0.5  # learnable
+    return Task(f"toy{seed}", x[:30], y[:30], x[30:], y[30:], task_id=task_id)
+
+
+def net() -> ConvNet:
+    torch.manual_seed(0)
+    return ConvNet(num_classes=4, filters=4, layers=2, image_size=12)
+
+
+def test_streamed_leap_equals_stored_trajectory():
+    """The on-the-fly accumulator equals eq. 8 computed after the fact from every (psi^i, f_i, g_i)."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=6, batch_size=8)
+    tasks = [toy_task(1), toy_task(2)]
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    leap.setup(net(), inner, 2)
+    theta0 = flat_params(list(leap.model.parameters()))
+    leap.meta_step(tasks, torch.Generator().manual_seed(7))
+
+    # Independent path: replay the same learning processes and store the whole trajectory.
+    g, ref = torch.Generator().manual_seed(7), torch.zeros_like(theta0)
+    for task in tasks:
+        model, traj = net(), []
+        inner.train(model, task, g, hook=lambda i, loss, m: traj.append(
+            (flat_params(list(m.parameters())), loss, flat_grads(list(m.parameters())))))
+        for (p0, f0, g0), (p1, f1, _) in zip(traj, traj[1:]):
+            dp, df = p1 - p0, -abs(f1 - f0)
+            ref += (-dp - df * g0) / torch.sqrt(dp @ dp + df**2)
+    expected = theta0 - 0.1 * ref / len(tasks)
+    torch.testing.assert_close(flat_params(list(leap.model.parameters())), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_leap_restarts_every_task_from_theta0_with_fresh_batchnorm():
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    leap.setup(net(), inner, 1)
+    buffers0 = {k: v.clone() for k, v in leap.model.state_dict().items() if "running" in k}
+    seen = []
+    leap.begin_task = lambda: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap))
+    leap.meta_step([toy_task(1), toy_task(2)], torch.Generator().manual_seed(0))
+    for state in seen:  # each task starts at theta^0 (pre-update) with initial running statistics
+        for k, v in buffers0.items():
+            torch.testing.assert_close(state[k], v)
+    torch.testing.assert_close(seen[0]["body.0.weight"], seen[1]["body.0.weight"])
+    assert not torch.equal(leap.model.body[0].weight, seen[0]["body.0.weight"])  # theta^0 moved after the step
+
+
+def test_finetune_one_step_is_sgd_on_interleaved_batches():
+    """A fine-tuning meta-step is plain SGD over the tasks' batches in a shuffled order, a head per task."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.05), steps=3, batch_size=8)
+    tasks = [toy_task(1, 0), toy_task(2, 1)]
+    ft = Finetune("finetune", multi_head=True)
+    torch.manual_seed(1)
+    ft.setup(net(), inner, num_tasks=3)
+    start = copy.deepcopy(ft)
+    ft.meta_step(tasks, torch.Generator().manual_seed(3))
+
+    # Reference: draw the same batches and order, then take SGD steps by hand.
+    g = torch.Generator().manual_seed(3)
+    streams = [iter(t.batches(3, 8, g)) for t in tasks]
+    order = torch.arange(2).repeat_interleave(3)
+    order = order[torch.randperm(6, generator=g)]
+    model, heads = start.model, start.heads
+    for k in order.tolist():
+        x, y = next(streams[k])
+        params = list(model.body.parameters()) + list(heads[k].parameters())
+        loss = F.cross_entropy(heads[k](model.embed(x)), y)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, gr in zip(params, grads):
+                p -= 0.05 * gr
+    for a, b in zip(ft.model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ft.heads[0].weight, heads[0].weight)
+    torch.testing.assert_close(ft.heads[2].weight, start.heads[2].weight)  # task 2 not sampled: untouched
+    assert not torch.equal(ft.heads[0].weight, ft.heads[1].weight)  # a head is never shared
+    init = ft.initialization()
+    torch.testing.assert_close(init.head.weight, ft.fresh_head.weight)  # evaluation gets a fresh head
+    torch.testing.assert_close(ft.model.head.weight, start.model.head.weight)  # the unused default head
+
+
+def test_single_head_finetune_trains_the_one_head():
+    inner = Inner(partial(torch.optim.SGD, lr=0.05), steps=3, batch_size=8)
+    ft = Finetune("finetune_single", multi_head=False)
+    ft.setup(net(), inner, num_tasks=2)
+    head0 = ft.model.head.weight.clone()
+    ft.meta_step([toy_task(1, 0), toy_task(2, 1)], torch.Generator().manual_seed(3))
+    assert len(ft.heads) == 0 and not torch.equal(ft.model.head.weight, head0)
+    assert ft.initialization() is ft.model
+
+
+def test_scratch_hands_over_the_random_init():
+    model = net()
+    s = Scratch("scratch")
+    s.setup(model, Inner(partial(torch.optim.SGD, lr=0.1), 3, 8), 0)
+    assert not s.trains and s.initialization() is model

@@ -1,0 +1,111 @@
+"""The shared runner end to end: smoke runs of every method, run directories, logging."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE, make_cfg
+from leapbench.errors import ConfigError
+from leapbench.runner import run
+
+METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_run(cfg, summary):
+    run_dir = Path(cfg.run_dir)
+    assert summary["status"] == "finished" and json.loads((run_dir / "summary.json").read_text()) == summary
+    assert 0 <= summary["test"]["error"] <= 100 and 0 <= summary["test"]["auc"] <= 100
+    assert summary["commit"] and summary["command"].startswith("python run.py")
+    log = rows(run_dir)
+    train = [r["meta_step"] for r in log if r["split"] == "train"]
+    trains = cfg.method.name != "scratch"
+    assert train == (list(range(1, cfg.train.meta_steps + 1)) if trains else [])
+    vals = [r for r in log if r["split"] == "val"]
+    assert (len(vals) > 0) == trains and all(len(r["curve"]) == cfg.val.steps for r in vals)
+    (test,) = [r for r in log if r["split"] == "test"]
+    assert len(test["curve"]) >= cfg.eval.steps
+    per_task = json.loads((run_dir / "eval_test.json").read_text())["tasks"]
+    assert len(per_task) == cfg.data.num_test
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_smoke_every_method_fake_data(method, fake_root, tmp_path):
+    cfg = make_cfg(f"method={method}", "scale=smoke", *FAKE, tmp_path=tmp_path, data_root=fake_root)
+    check_run(cfg, run(cfg))
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("method", METHODS)
+def test_smoke_every_method_real_omniglot(method, shared_cache, tmp_path):
+    cfg = make_cfg(f"method={method}", "scale=smoke", tmp_path=tmp_path)
+    cfg.paths.cache = str(shared_cache)
+    summary = run(cfg)
+    check_run(cfg, summary)
+    assert summary["num_pretrain"] == 3 and len(summary["test"]["tasks"]) == 10
+
+
+def test_finished_run_is_skipped_not_overwritten(fake_root, tmp_path):
+    cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, tmp_path=tmp_path, data_root=fake_root)
+    first = run(cfg)
+    metrics = (Path(cfg.run_dir) / "metrics.jsonl").read_text()
+    assert run(make_cfg("method=reptile", "scale=smoke", *FAKE, "progress=true", tmp_path=tmp_path,
+                        data_root=fake_root)) == first  # same config (progress does not count): skipped
+    assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == metrics
+    changed = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", tmp_path=tmp_path, data_root=fake_root)
+    with pytest.raises(ConfigError, match="tag=.*overwrite=true"):
+        run(changed)
+    assert json.loads((Path(cfg.run_dir) / "summary.json").read_text()) == first  # nothing lost
+    tagged = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", "tag=-lr05",
+                      tmp_path=tmp_path, data_root=fake_root)
+    assert run(tagged)["status"] == "finished" and tagged.run_dir.endswith("n2-s0-lr05")
+    again = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", "overwrite=true",
+                     tmp_path=tmp_path, data_root=fake_root)
+    assert run(again)["status"] == "finished"
+
+
+def test_same_seed_same_result(fake_root, tmp_path):
+    a = run(make_cfg("method=leap", "scale=smoke", *FAKE, tmp_path=tmp_path / "a", data_root=fake_root))
+    b = run(make_cfg("method=leap", "scale=smoke", *FAKE, tmp_path=tmp_path / "b", data_root=fake_root))
+    assert a["test"] == b["test"]
+
+
+def test_crash_is_marked_in_summary(fake_root, tmp_path):
+    from leapbench.inner import DivergenceError
+
+    bad = ("inner.optimizer.lr=1e6", "train.val_every=null")
+    cfg = make_cfg("method=leap", "scale=smoke", *FAKE, *bad, tmp_path=tmp_path, data_root=fake_root)
+    with pytest.raises(DivergenceError, match="Meta-step 1: Non-finite loss .* on task 'Alphabet_"):
+        run(cfg)
+    assert json.loads((Path(cfg.run_dir) / "summary.json").read_text())["status"] == "crashed"
+    cfg = make_cfg("method=leap", "scale=smoke", *FAKE, bad[0], tmp_path=tmp_path / "v", data_root=fake_root)
+    with pytest.raises(DivergenceError, match="Validation at meta-step 0: Non-finite"):
+        run(cfg)
+
+
+def test_wandb_offline_mirror(fake_root, tmp_path, monkeypatch):
+    """logger=wandb writes a real offline W&B run inside the run directory and finishes it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("method=leap", "scale=smoke", "logger=wandb", *FAKE, tmp_path=tmp_path, data_root=fake_root)
+    assert cfg.logger.mode == "offline"
+    run(cfg)
+    runs = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    import wandb
+
+    assert wandb.run is None  # finished
+
+
+def test_wandb_failure_falls_back_to_local(fake_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")  # no API key and no network: wandb.init fails fast
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = make_cfg("method=scratch", "scale=smoke", "logger=wandb", *FAKE, tmp_path=tmp_path, data_root=fake_root)
+    with pytest.warns(UserWarning, match="W&B could not start"):
+        summary = run(cfg)
+    assert summary["status"] == "finished"
