@@ -146,11 +146,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     logger: RunLogger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name,
                                           config=OmegaConf.to_container(cfg, resolve=True))
+    origin = provenance(overrides)  # taken at the start: the code that runs is the code recorded
     start = time.time()
     exit_code = 1
     try:
         summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger)
-        summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **provenance(overrides))
+        summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **origin)
         logger.summary(summary)
         exit_code = 0
         return summary
