@@ -6,6 +6,7 @@ never asks Hydra for anything else, so it runs the same under ``@hydra.main``, a
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import time
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .methods.base import MetaLearner
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
 NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
 REPO = Path(__file__).resolve().parents[2]
+CODE = ("src", "conf", "run.py", "pyproject.toml")
 
 
 def build(node: DictConfig, **kwargs):
@@ -63,8 +65,8 @@ def provenance(overrides: list[str] | None) -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
-        commit += "-dirty"
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", *CODE):
+        commit += "-dirty"  # uncommitted changes to code or configs (docs do not count)
     return {
         "command": "python run.py " + " ".join(overrides or []),
         "commit": commit or "unknown",
@@ -78,27 +80,31 @@ def _result_config(cfg: DictConfig) -> dict:
     return {k: v for k, v in c.items() if k not in NON_RESULT_KEYS}
 
 
-def prepare_run_dir(cfg: DictConfig) -> dict | None:
-    """Make the run directory; return the summary of an identical finished run (nothing to do), if any."""
+def finished_run(cfg: DictConfig) -> dict | None:
+    """The summary of a finished run with this config in ``run_dir``, if any; refuse to clobber a different one."""
     run_dir = Path(cfg.run_dir)
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
-    if summary_path.exists() and not cfg.overwrite:
-        import json
+    if cfg.overwrite or not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") != "finished":
+        return None  # crashed or interrupted: run again
+    old = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
+    if old is not None and {k: v for k, v in old.items() if k not in NON_RESULT_KEYS} == _result_config(cfg):
+        return summary
+    raise ConfigError(
+        f"{run_dir} holds a finished run with a different config. Set tag=<name> to keep both, "
+        "or overwrite=true to replace it."
+    )
 
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "finished":
-            old = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
-            if old is not None and {k: v for k, v in old.items() if k not in NON_RESULT_KEYS} == _result_config(cfg):
-                return summary
-            raise ConfigError(
-                f"{run_dir} holds a finished run with a different config. Set tag=<name> to keep both, "
-                "or overwrite=true to replace it."
-            )
+
+def start_run_dir(cfg: DictConfig) -> None:
+    """Create the run directory, clear a partial or replaced run's files, and save the resolved config."""
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.jsonl", "summary.json", "eval_test.json"):  # a partial or replaced run starts clean
+    for name in ("metrics.jsonl", "summary.json", "eval_test.json"):
         (run_dir / name).unlink(missing_ok=True)
-    OmegaConf.save(cfg, config_path, resolve=True)
-    return None
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
 
 @contextmanager
@@ -126,7 +132,7 @@ class TaskSampler:
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Meta-train, validate and test one configuration; return its summary (also in ``summary.json``)."""
     check(cfg)
-    done = prepare_run_dir(cfg)
+    done = finished_run(cfg)
     if done is not None:
         print(f"[leapbench] {cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
         return done
@@ -139,6 +145,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
+    start_run_dir(cfg)  # only now: a config or data error leaves nothing behind
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
         model = build(cfg.model)
