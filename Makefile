@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol sync-wandb clean
+.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot sync-wandb clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,24 @@ quickstart: $(STAMP) ## Set up, then meta-train Leap on Omniglot (scale=small) a
 smoke: $(STAMP) ## Seconds-long run of every method on Omniglot
 	$(BIN)/python run.py -m experiment=omniglot method=leap,leap_paper,reptile,fomaml,finetune,finetune_single,scratch scale=smoke progress=false
 
-protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 25 min on 2 cores)
+protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 35 min on 2 cores)
 	$(BIN)/python scripts/protocol_study.py
+
+table1: $(STAMP) ## Table 1 and Fig. 2 (right) data from the committed results (results/omniglot/small/), seconds
+	$(BIN)/python scripts/aggregate_omniglot.py --scale small
+
+figures: $(STAMP) ## Fig. 2 (left, right) as PNG and PDF from the committed results, seconds
+	$(BIN)/python scripts/make_figures_omniglot.py --scale small
+
+reproduce-omniglot-small: $(STAMP) ## The reduced Table 1 grid (about 2 h on 2 cores), then export, table and figures
+	$(BIN)/python run.py +sweep=omniglot_small
+	$(BIN)/python scripts/aggregate_omniglot.py --scale small --collect runs
+	$(BIN)/python scripts/make_figures_omniglot.py --scale small
+
+reproduce-omniglot: $(STAMP) ## The paper's Table 1 grid (960 runs; add ARGS=launcher=slurm on a cluster)
+	$(BIN)/python run.py +sweep=omniglot_paper $(ARGS)
+	$(BIN)/python scripts/aggregate_omniglot.py --scale paper --collect runs
+	$(BIN)/python scripts/make_figures_omniglot.py --scale paper
 
 sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
 	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync

@@ -1,7 +1,7 @@
 """Which evaluation protocol explains the paper's Table 1? Adapt the random initialization (method=scratch)
 to the 10 test alphabets under each adaptation mode x augmentation, through run.py, and tabulate.
 
-    python scripts/protocol_study.py            # runs what is missing (about 25 min on 2 cores), then writes
+    python scripts/protocol_study.py            # runs what is missing (about 35 min on 2 cores), then writes
                                                 # results/omniglot/protocol/{protocol.csv,protocol.md}
     python scripts/protocol_study.py --collect  # only re-tabulates finished runs
 

@@ -46,7 +46,9 @@ class RunLogger:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self.path = self.run_dir / "metrics.jsonl"
+        self.rows = sum(1 for _ in self.path.open()) if self.path.exists() else 0
+        self.metrics = open(self.path, "a")
         self.wandb = None
         if wandb:
             self.wandb = self._start_wandb(run_name, config, mode, project, entity, group, job_type, tags)
@@ -72,6 +74,7 @@ class RunLogger:
     def log(self, row: dict) -> None:
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
+        self.rows += 1
         if self.wandb is not None:
             self._mirror(row)
 
@@ -94,6 +97,18 @@ class RunLogger:
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local files only.", stacklevel=2)
             self.wandb = None
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest)."""
+        self.metrics.close()
+        kept = self.path.read_text().splitlines(keepends=True)[:rows]
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".metrics.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.path)
+        self.rows = len(kept)
+        self.metrics = open(self.path, "a")
 
     def summary(self, summary: dict) -> None:
         write_json(self.run_dir / "summary.json", summary)

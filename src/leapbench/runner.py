@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from . import checkpoint
 from .errors import ConfigError, LeapError
 from .evaluation import evaluate
 from .inner import DivergenceError
@@ -52,6 +53,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.meta_batch_size={t.meta_batch_size} must be at least 1.")
     if t.val_every is not None and t.val_every < 1:
         raise ConfigError(f"train.val_every={t.val_every} must be at least 1 (or null to never validate).")
+    if t.ckpt_every is not None and t.ckpt_every < 1:
+        raise ConfigError(f"train.ckpt_every={t.ckpt_every} must be at least 1 (or null for no checkpoints).")
     if t.val_metric not in ("error", "auc"):
         raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
 
@@ -98,11 +101,12 @@ def finished_run(cfg: DictConfig) -> dict | None:
     )
 
 
-def start_run_dir(cfg: DictConfig) -> None:
-    """Create the run directory, clear a partial or replaced run's files, and save the resolved config."""
+def start_run_dir(cfg: DictConfig, resuming: bool) -> None:
+    """Create the run directory, clear a replaced run's files (all but the metrics when resuming), save the config."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.jsonl", "summary.json", "eval_test.json"):
+    stale = ["summary.json", "eval_test.json", "init.pt"] + ([] if resuming else ["metrics.jsonl", checkpoint.NAME])
+    for name in stale:
         (run_dir / name).unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
@@ -145,7 +149,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
-    start_run_dir(cfg)  # only now: a config or data error leaves nothing behind
+    config_hash = checkpoint.config_hash(_result_config(cfg))
+    resume = None if cfg.overwrite else checkpoint.load(Path(cfg.run_dir), config_hash)
+    start_run_dir(cfg, resuming=resume is not None)  # only now: a config or data error leaves nothing behind
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
         model = build(cfg.model)
@@ -157,9 +163,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     start = time.time()
     exit_code = 1
     try:
-        summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger)
+        if resume is not None:
+            print(f"[leapbench] resuming {cfg.run_dir} after meta-step {resume['state']['meta_step']}")
+        summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger, resume, config_hash)
         summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **origin)
         logger.summary(summary)
+        (Path(cfg.run_dir) / checkpoint.NAME).unlink(missing_ok=True)  # finished: summary.json is the record
         exit_code = 0
         return summary
     except BaseException as e:
@@ -171,49 +180,70 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         logger.close(exit_code)
 
 
-def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger) -> dict:
+def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger, resume, config_hash) -> dict:
     t = cfg.train
-    g = torch.Generator().manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    g = torch.Generator().manual_seed(cfg.seed)  # task sampling, batches and augmentation during meta-training
     sampler = TaskSampler(len(data.pretrain), g)
     val_seed, test_seed = 2 * cfg.seed + 1, 2 * cfg.seed  # fixed per seed: every method sees the same data
     steps = t.meta_steps if learner.trains else 0
     validate = learner.trains and t.val_every is not None and data.val
-    best: dict | None = None
-    bad, stopped_early = 0, False
+    # Everything the loop changes, besides the learner, the generator and the sampler: checkpointed together.
+    state = {"meta_step": 0, "best": None, "bad": 0, "stopped": False}
+    if resume is not None:
+        learner.load_state_dict(resume["learner"])
+        g.set_state(resume["generator"])
+        sampler.queue = list(resume["queue"])
+        state = resume["state"]
+        logger.truncate(resume["rows"])  # drop rows logged after the checkpoint; they are redone
 
     def validation(step: int) -> bool:
         """Validate the current initialization; return True when early stopping says stop."""
-        nonlocal best, bad
         with where(f"Validation at meta-step {step}"):
             res = evaluate(learner.initialization(), data.val, inner, val_adapt, val_seed)
         logger.log({"meta_step": step, "split": "val", "error": res["error"], "auc": res["auc"], "curve": res["curve"]})
+        best = state["best"]
         if best is None or res[t.val_metric] < best[t.val_metric]:
-            best = {"meta_step": step, "error": res["error"], "auc": res["auc"],
-                    "init": copy.deepcopy(learner.initialization())}
-            bad = 0
+            state["best"] = {"meta_step": step, "error": res["error"], "auc": res["auc"],
+                             "init": copy.deepcopy(learner.initialization().state_dict())}
+            state["bad"] = 0
         else:
-            bad += 1
-        return t.patience is not None and bad >= t.patience
+            state["bad"] += 1
+        return t.patience is not None and state["bad"] >= t.patience
 
-    if validate:
+    def save_checkpoint() -> None:
+        checkpoint.save(run_dir, {"config_hash": config_hash, "learner": learner.state_dict(), "state": state,
+                                  "generator": g.get_state(), "queue": list(sampler.queue), "rows": logger.rows})
+
+    if validate and resume is None:
         validation(0)
-    bar = tqdm(range(1, steps + 1), desc=cfg.run_name, disable=not cfg.progress, dynamic_ncols=True, unit="meta-step")
+    first = state["meta_step"] + 1
+    bar = tqdm(range(first, steps + 1) if not state["stopped"] else [], desc=cfg.run_name, initial=first - 1,
+               total=steps, disable=not cfg.progress, dynamic_ncols=True, unit="meta-step")
     for step in bar:
         tasks = [data.pretrain[i] for i in sampler.sample(t.meta_batch_size)]
         with where(f"Meta-step {step}"):
             m = learner.meta_step(tasks, g)
         bar.set_postfix(loss=f"{m['loss']:.3f}", err=f"{m['error']:.1f}")
         logger.log({"meta_step": step, "split": "train", **m})
+        state["meta_step"] = step
         if validate and (step % t.val_every == 0 or step == steps):
-            if validation(step):
-                stopped_early = True
-                break
+            state["stopped"] = validation(step)
+        if t.ckpt_every and (step % t.ckpt_every == 0 or state["stopped"] or step == steps):
+            save_checkpoint()
+        if state["stopped"]:
+            break
     bar.close()
 
-    init = best["init"] if (best is not None and t.early_stopping) else learner.initialization()
+    best, step = state["best"], state["meta_step"]
+    init = learner.initialization()
+    if best is not None and t.early_stopping:
+        init = copy.deepcopy(init)
+        init.load_state_dict(best["init"])
+    checkpoint.save(run_dir, init.state_dict(), name="init.pt")  # the tested initialization
     with where("Test evaluation"):
         test = evaluate(init, data.test, inner, test_adapt, test_seed)
-    logger.log({"meta_step": step if steps else 0, "split": "test", "error": test["error"], "auc": test["auc"],
+    logger.log({"meta_step": step, "split": "test", "error": test["error"], "auc": test["auc"],
                 "train_error": test["train_error"], "curve": test["curve"]})
     write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
@@ -222,6 +252,6 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         "test": {k: test[k] for k in ("error", "auc", "train_error")}
         | {"error_per_task": [round(x["error"], 2) for x in test["tasks"]], "tasks": [x["name"] for x in test["tasks"]]},
         "val_best": None if best is None else {k: best[k] for k in ("meta_step", "error", "auc")},
-        "meta_steps_done": step if steps else 0, "stopped_early": stopped_early,
+        "meta_steps_done": step, "stopped_early": state["stopped"],
         "mean_adapt_steps": float(np.mean([x["steps"] for x in test["tasks"]])),
     }

@@ -1,0 +1,79 @@
+"""From runs to committed results to Table 1 and Fig. 2: export, aggregate, draw (scripts run as a user would)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, make_cfg
+from leapbench.results import mean_std
+from leapbench.runner import run
+
+SPLIT = ("data.num_test=1", "data.num_val=1")
+
+
+@pytest.fixture(scope="module")
+def runs(fake_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    for method in ("leap", "reptile", "scratch"):
+        for n in (1, 2):
+            for seed in (0, 1):
+                run(make_cfg(f"method={method}", "scale=smoke", *SPLIT, f"data.num_pretrain={n}", f"seed={seed}",
+                             tmp_path=tmp, data_root=fake_root))
+    run(make_cfg("method=leap", "scale=smoke", *SPLIT, "data.num_pretrain=1", "tag=-variant",
+                 "inner.optimizer.lr=0.05", tmp_path=tmp, data_root=fake_root))
+    return tmp / "runs"
+
+
+def script(*args):
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_aggregate_and_figures(runs, tmp_path):
+    results = tmp_path / "results"
+    (results / "paper").mkdir(parents=True)
+    (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
+    text = script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    base = results / "omniglot" / "smoke"
+    exported = sorted(p.parent.relative_to(base / "runs").as_posix() for p in base.glob("runs/*/*/summary.json"))
+    assert len(exported) == 12 and "leap/n1-s0-variant" not in exported  # tagged variants are not cells
+    summary = json.loads((base / "runs" / "leap" / "n1-s0" / "summary.json").read_text())
+    assert "paths." not in summary["command"] and summary["seed"] == 0 and summary["commit"]
+    assert str(runs) not in (base / "runs" / "leap" / "n1-s0" / "config.yaml").read_text()  # no machine paths
+
+    rows = list(csv.DictReader((base / "table1.csv").open()))
+    cell = next(r for r in rows if r["method"] == "leap" and r["num_pretrain"] == "1")
+    errors = [json.loads((base / "runs" / "leap" / f"n1-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
+    mu, sd = mean_std(errors)
+    assert float(cell["error_mean"]) == pytest.approx(mu, abs=0.01) and float(cell["error_std"]) == pytest.approx(sd, abs=0.01)
+    assert cell["n_seeds"] == "2" and cell["paper_error"] == "8.7"  # the paper's 1-task Leap cell beside ours
+    assert "| 1 |" in text and "(8.7)" in text and "Fig. 2 (right)" in text
+
+    script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
+    for name in ("fig2_left", "fig2_right"):
+        for ext in ("png", "pdf"):
+            assert (base / "figures" / f"{name}.{ext}").stat().st_size > 1000
+
+
+def test_notebook_runs_on_fixture(runs, tmp_path, monkeypatch):
+    """The Table 1 / Fig. 2 notebook executes top to bottom against a results folder of smoke runs."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    results = tmp_path / "results"
+    (results / "paper").mkdir(parents=True)
+    (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
+    script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    monkeypatch.setenv("LEAP_RESULTS", str(results))
+    monkeypatch.setenv("LEAP_SCALE", "smoke")
+    nb = nbformat.read(ROOT / "notebooks" / "omniglot_table1_fig2.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 2 drawn
+    assert any("(paper 8.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # Table 1 beside the paper
