@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
+from leapbench.results import export_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "omniglot" / "protocol"
@@ -36,15 +36,13 @@ def command(overrides: list[str]) -> list[str]:
 
 def collect(runs: Path) -> list[dict]:
     rows = []
-    for s in sorted(runs.glob("omniglot/scratch/paper/n20-s*-*/summary.json")):
-        summary = json.loads(s.read_text())
-        if summary.get("status") != "finished":
+    for run_dir in sorted(runs.glob("omniglot/scratch/paper/n20-s*-*")):
+        summary = export_run(run_dir, OUT / "runs" / run_dir.name)
+        if summary is None:
             continue
-        cfg = OmegaConf.load(s.parent / "config.yaml")
-        short = "-p5" in s.parent.name
-        mode = "early_stop" if "early_stop" in s.parent.name else "fixed"
-        augment = next(a for a in ("reference", "rotate36", "none") if f"-{a}" in s.parent.name)
-        summary["command"] = " ".join(w for w in summary["command"].split() if not w.startswith("paths."))
+        short = "-p5" in run_dir.name
+        mode = "early_stop" if "early_stop" in run_dir.name else "fixed"
+        augment = next(a for a in ("reference", "rotate36", "none") if f"-{a}" in run_dir.name)
         rows.append({
             "mode": mode + (" (patience 5, max 1000)" if short else (" (patience 15, max 5000)" if mode == "early_stop" else " (100 steps)")),
             "augment": augment, "seed": summary["seed"], "test_error": round(summary["test"]["error"], 2),
@@ -52,19 +50,7 @@ def collect(runs: Path) -> list[dict]:
             "mean_steps": summary["mean_adapt_steps"], "wall_time_s": summary["wall_time_s"],
             "commit": summary["commit"], "command": summary["command"],
         })
-        dest = OUT / "runs" / s.parent.name
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (dest / "config.yaml").write_text(portable_config(cfg))
     return rows
-
-
-def portable_config(cfg) -> str:
-    """The run's config with this machine's paths replaced by their defaults (paths never change results)."""
-    cfg.paths = {"data": "${oc.env:LEAP_DATA_DIR,data}", "runs": "runs", "cache": ".cache"}
-    cfg.data.root, cfg.data.cache_dir = "${paths.data}", "${paths.cache}"
-    cfg.run_dir = "${paths.runs}/${run_name}"
-    return OmegaConf.to_yaml(cfg)
 
 
 def write(rows: list[dict]) -> None:
