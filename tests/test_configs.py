@@ -103,3 +103,14 @@ def test_instantiate_uses_targets_only():
     """No string-to-class switch: the method class comes from its _target_."""
     cfg = make_cfg("method=reptile")
     assert type(instantiate(cfg.method)).__name__ == "Reptile"
+
+
+def test_meta_optimizer_is_any_torch_optimizer(fake_root, tmp_path):
+    """Adam (Multi-CV's meta-optimizer) in place of SGD, from the command line alone."""
+    cfg = make_cfg("method=leap", "scale=smoke", *FAKE, "method.meta_optimizer._target_=torch.optim.Adam",
+                   "method.meta_optimizer.lr=0.01", tmp_path=tmp_path, data_root=fake_root)
+    learner = build(cfg.method)
+    inner = build(cfg.inner)
+    learner.setup(build(cfg.model), inner, 2)
+    assert type(learner.meta_opt).__name__ == "Adam"
+    assert run(cfg)["status"] == "finished"
