@@ -15,7 +15,9 @@ from leapbench.runner import run
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        s = run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        print(f"[leapbench] {s['method']}: test error {s['test']['error']:.1f} %, AUC {s['test']['auc']:.1f} "
+              f"on {len(s['test']['tasks'])} held-out tasks -> {cfg.run_dir}/summary.json")
     except LeapError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
     python scripts/make_figures_omniglot.py --scale small
 
 Left: Leap's mean training-error curve on the validation alphabets at each validation during
-meta-training, blue (start) to red (end). Right: AUC of the training-error curve on the test alphabets
+meta-training, blue (start) to red (end), as a 5-step moving average. Right: AUC of the training-error curve on the test alphabets
 against the number of pretraining tasks, per method, shaded by the standard deviation over seeds.
 Writes results/omniglot/<scale>/figures/fig2_{left,right}.{png,pdf}.
 """
@@ -17,10 +17,12 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.colors
 import matplotlib.ticker
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOOTH = 5
 LABELS = {"leap": "Leap", "finetune": "Finetune†", "reptile": "Reptile", "fomaml": "MAML*",
           "finetune_single": "Finetune‡", "scratch": "No pretraining"}
 COLORS = {"leap": "tab:orange", "finetune": "tab:green", "reptile": "tab:red", "fomaml": "tab:purple",
@@ -38,9 +40,11 @@ def fig2_left(runs: Path, ax) -> str:
         for step, curve in json.loads(p.read_text())["val"].items():
             by_step.setdefault(int(step), []).append(curve)
     steps = sorted(by_step)
-    cmap = plt.get_cmap("coolwarm")
+    cmap = matplotlib.colors.LinearSegmentedColormap.from_list("start_end", ["tab:blue", "tab:red"])
     for i, s in enumerate(steps):
         curve = 100 * np.mean(by_step[s], axis=0)
+        if len(curve) >= SMOOTH:  # a moving average over SMOOTH steps, for readability
+            curve = np.convolve(curve, np.ones(SMOOTH) / SMOOTH, mode="valid")
         ax.plot(np.arange(1, len(curve) + 1), curve, color=cmap(i / max(1, len(steps) - 1)), lw=1.2,
                 label=f"meta-step {s}" if i in (0, len(steps) - 1) else None)
     ax.set(xlabel="training step on a validation alphabet", ylabel="training error (%)",

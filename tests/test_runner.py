@@ -56,6 +56,9 @@ def test_finished_run_is_skipped_not_overwritten(fake_root, tmp_path):
     metrics = (Path(cfg.run_dir) / "metrics.jsonl").read_text()
     assert run(make_cfg("method=reptile", "scale=smoke", *FAKE, "progress=true", tmp_path=tmp_path,
                         data_root=fake_root)) == first  # same config (progress does not count): skipped
+    moved = make_cfg("method=reptile", "scale=smoke", *FAKE, f"paths.cache={tmp_path / 'elsewhere'}",
+                     f"paths.runs={tmp_path / 'runs'}", f"paths.data={fake_root}/.", "progress=false")
+    assert run(moved) == first  # where the data and caches live does not make it another run
     assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == metrics
     changed = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", tmp_path=tmp_path, data_root=fake_root)
     with pytest.raises(ConfigError, match="tag=.*overwrite=true"):

@@ -78,9 +78,13 @@ def provenance(overrides: list[str] | None) -> dict:
     }
 
 
-def _result_config(cfg: DictConfig) -> dict:
-    c = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in c.items() if k not in NON_RESULT_KEYS}
+def _result_config(config: DictConfig | dict) -> dict:
+    """The resolved config without the keys that only say where things are (they never change results)."""
+    c = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+    c = {k: v for k, v in c.items() if k not in NON_RESULT_KEYS and k != "run_dir"}
+    if isinstance(c.get("data"), dict):
+        c["data"] = {k: v for k, v in c["data"].items() if k not in ("root", "cache_dir", "download")}
+    return c
 
 
 def finished_run(cfg: DictConfig) -> dict | None:
@@ -93,7 +97,7 @@ def finished_run(cfg: DictConfig) -> dict | None:
     if summary.get("status") != "finished":
         return None  # crashed or interrupted: run again
     old = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
-    if old is not None and {k: v for k, v in old.items() if k not in NON_RESULT_KEYS} == _result_config(cfg):
+    if old is not None and _result_config(old) == _result_config(cfg):
         return summary
     raise ConfigError(
         f"{run_dir} holds a finished run with a different config. Set tag=<name> to keep both, "
