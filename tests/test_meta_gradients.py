@@ -107,3 +107,14 @@ def test_increment_vector_case():
     torch.testing.assert_close(increment(prev, curr, 2.0, 3.0, g, norm=False, stabilizer=False), torch.tensor([-1.0, 2.0]))
     # no movement and no loss change: a zero increment, not NaN
     assert torch.equal(increment(prev, prev, 1.0, 1.0, g), torch.zeros(2))
+
+
+def test_leap_paper_config_is_eq8_with_its_factor_two():
+    """method=leap_paper: energy (no normalisation) and lr 0.2 = the paper's beta 0.1 times eq. 8's factor 2."""
+    from hydra.utils import instantiate
+
+    from conftest import make_cfg
+
+    learner = instantiate(make_cfg("method=leap_paper").method)
+    # eq. 8: 2 * mean(-1.171875, -4.875) = -6.046875; Alg. 1 line 12 with beta 0.1: 0 - 0.1 * -6.046875
+    assert meta_step(learner, [1.0, 2.0]) == pytest.approx(0.6046875)
