@@ -1,7 +1,7 @@
 """A supervised task: training images to learn from and held-out images to score the result."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -27,10 +27,6 @@ class Task:
     task_id: int = 0
     augment: Augment | None = None
     augment_heldout: bool = False
-    num_classes: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.num_classes = int(self.y_train.max()) + 1
 
     def batches(self, steps: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``steps`` training batches; each epoch is a fresh permutation of the training set."""
