@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+from .logging import atomic_open
 
 NAME = "ckpt.pt"
 
@@ -21,16 +20,8 @@ def config_hash(result_config: dict) -> str:
 
 def save(run_dir: Path, state: dict, name: str = NAME) -> None:
     """Write ``state`` to ``run_dir/name`` atomically (temporary file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run_dir / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(run_dir / name, "wb") as f:
+        torch.save(state, f)
 
 
 def load(run_dir: Path, expected_hash: str) -> dict | None:

@@ -13,16 +13,18 @@ import json
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A temporary file beside ``path``; on success it is synced and renamed over ``path``, else removed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -30,6 +32,12 @@ def write_json(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=1)
 
 
 class RunLogger:
@@ -102,11 +110,8 @@ class RunLogger:
         """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest)."""
         self.metrics.close()
         kept = self.path.read_text().splitlines(keepends=True)[:rows]
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_open(self.path) as f:
             f.writelines(kept)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
         self.rows = len(kept)
         self.metrics = open(self.path, "a")
 

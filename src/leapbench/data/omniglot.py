@@ -18,7 +18,6 @@ import math
 import os
 import random
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
+from ..logging import atomic_open
 from ..tasks import Augment, Task
 
 SETS = ("images_background", "images_evaluation")
@@ -118,10 +118,8 @@ def load_images(folder: Path, listing: dict, size: int, resample: str, cache_dir
     }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, **{f"a{i}": images[k] for i, k in enumerate(keys)})
-        os.replace(tmp, cache)
+        with atomic_open(cache, "wb") as f:
+            np.savez(f, **{f"a{i}": images[k] for i, k in enumerate(keys)})
     return images
 
 
