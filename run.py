@@ -6,6 +6,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from leapbench.errors import LeapError
@@ -20,6 +21,8 @@ def main(cfg: DictConfig) -> None:
               f"on {len(s['test']['tasks'])} held-out tasks -> {cfg.run_dir}/summary.json")
     except LeapError as e:
         print(f"error: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the launcher records this job as failed and runs the others; the sweep then exits non-zero
         sys.exit(2)
 
 

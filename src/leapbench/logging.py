@@ -17,11 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .errors import write_error
+
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
-    """A temporary file beside ``path``; on success it is synced and renamed over ``path``, else removed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """A temporary file beside ``path``; on success it is synced and renamed over ``path``, else removed.
+
+    An ``OSError`` (disk full, read-only folder) becomes a ``WriteError``; ``path`` keeps its old content.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -29,8 +37,10 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
 
 
@@ -80,8 +90,11 @@ class RunLogger:
             return None
 
     def log(self, row: dict) -> None:
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from e
         self.rows += 1
         if self.wandb is not None:
             self._mirror(row)

@@ -6,30 +6,39 @@ never asks Hydra for anything else, so it runs the same under ``@hydra.main``, a
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
+import os
+import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint
-from .errors import ConfigError, LeapError
+from .errors import ConfigError, LeapError, WriteError, write_error
 from .evaluation import evaluate
 from .inner import DivergenceError
-from .logging import RunLogger, write_json
+from .logging import RunLogger, atomic_open, write_json
 from .methods.base import MetaLearner
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
 NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
+# Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
+NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
+LOCK = ".lock"
 
 
 def build(node: DictConfig, **kwargs):
@@ -57,6 +66,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.ckpt_every={t.ckpt_every} must be at least 1 (or null for no checkpoints).")
     if t.val_metric not in ("error", "auc"):
         raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
+    if t.on_divergence not in ("stop", "skip"):
+        raise ConfigError(f"train.on_divergence={t.on_divergence!r} must be 'stop' or 'skip'.")
 
 
 def provenance(overrides: list[str] | None) -> dict:
@@ -84,6 +95,8 @@ def _result_config(config: DictConfig | dict) -> dict:
     c = {k: v for k, v in c.items() if k not in NON_RESULT_KEYS and k != "run_dir"}
     if isinstance(c.get("data"), dict):
         c["data"] = {k: v for k, v in c["data"].items() if k not in ("root", "cache_dir", "download")}
+    if isinstance(c.get("train"), dict):
+        c["train"] = {k: v for k, v in c["train"].items() if k not in NON_RESULT_TRAIN_KEYS}
     return c
 
 
@@ -105,14 +118,75 @@ def finished_run(cfg: DictConfig) -> dict | None:
     )
 
 
+class RunsFolderCheck(Callback):
+    """Hydra callback: fail with one message, exit 2, when ``paths.runs`` cannot be written.
+
+    Hydra creates each job's folder (for ``.hydra/`` and ``run.log``) before ``run`` starts, so an unwritable
+    runs folder would otherwise surface as Hydra's traceback.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(Path(config.paths.runs))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(Path(config.paths.runs))
+
+    @staticmethod
+    def _check(runs: Path) -> None:
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+            with atomic_open(runs / ".write-test"):
+                pass
+            (runs / ".write-test").unlink()
+        except (OSError, WriteError) as e:
+            err = e if isinstance(e, WriteError) else write_error(runs, e)
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir`` and hold an exclusive lock on it while this job works there.
+
+    A second job aimed at the same directory fails at once instead of interleaving files. The kernel drops
+    the lock when the process dies (even by SIGKILL), so a preempted run never leaves a stale lock.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise write_error(run_dir, e) from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"{run_dir} is in use by {owner}. Two jobs get one directory when they differ only in keys that the "
+            "run name omits: give each its own tag=<name>, or wait for the other job to finish."
+        ) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 def start_run_dir(cfg: DictConfig, resuming: bool) -> None:
-    """Create the run directory, clear a replaced run's files (all but the metrics when resuming), save the config."""
+    """Clear a replaced run's files (all but the metrics when resuming) and save the config."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     stale = ["summary.json", "eval_test.json", "init.pt"] + ([] if resuming else ["metrics.jsonl", checkpoint.NAME])
-    for name in stale:
-        (run_dir / name).unlink(missing_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    try:
+        for name in stale:
+            (run_dir / name).unlink(missing_ok=True)
+        with atomic_open(run_dir / "config.yaml") as f:
+            OmegaConf.save(cfg, f, resolve=True)
+    except OSError as e:
+        raise write_error(run_dir, e) from e
 
 
 @contextmanager
@@ -150,12 +224,19 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     data = build(cfg.data)
     inner = build(cfg.inner)
     learner: MetaLearner = build(cfg.method)
+    learner.skip_diverging = cfg.train.on_divergence == "skip"
     val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
+    with run_lock(Path(cfg.run_dir)):  # only now: a config or data error leaves nothing behind
+        done = finished_run(cfg)  # again, under the lock: another job may have finished it meanwhile
+        return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt)
+
+
+def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
     config_hash = checkpoint.config_hash(_result_config(cfg))
     resume = None if cfg.overwrite else checkpoint.load(Path(cfg.run_dir), config_hash)
-    start_run_dir(cfg, resuming=resume is not None)  # only now: a config or data error leaves nothing behind
+    start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
         model = build(cfg.model)
@@ -176,9 +257,13 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         exit_code = 0
         return summary
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "crashed"
-        write_json(Path(cfg.run_dir) / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
-                                                        "wall_time_s": round(time.time() - start, 1)})
+        # Killed by a signal handler (SLURM preemption, submitit requeue) or Ctrl-C: interrupted; else crashed.
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "crashed"
+        try:
+            write_json(Path(cfg.run_dir) / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
+                                                            "wall_time_s": round(time.time() - start, 1)})
+        except WriteError:
+            pass  # the disk is full or read-only: the original error says so
         raise
     finally:
         logger.close(exit_code)

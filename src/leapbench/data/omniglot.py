@@ -18,6 +18,7 @@ import math
 import os
 import random
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ..logging import atomic_open
 from ..tasks import Augment, Task
 
@@ -117,9 +118,13 @@ def load_images(folder: Path, listing: dict, size: int, resample: str, cache_dir
         for k in keys
     }
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(cache, "wb") as f:
-            np.savez(f, **{f"a{i}": images[k] for i, k in enumerate(keys)})
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(cache, "wb") as f:
+                np.savez(f, **{f"a{i}": images[k] for i, k in enumerate(keys)})
+        except (OSError, WriteError) as e:  # a cache is an optimization: go on without it
+            warnings.warn(f"Image cache not written ({e}); set paths.cache / LEAP_CACHE_DIR to a writable folder "
+                          "to load faster next time.", stacklevel=2)
     return images
 
 

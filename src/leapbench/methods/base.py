@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError
-from ..inner import Inner, optimizer_lr
+from ..inner import DivergenceError, Inner, optimizer_lr
 from ..tasks import Task
 
 
@@ -23,6 +24,7 @@ class MetaLearner(ABC):
     """
 
     trains = True
+    skip_diverging = False  # train.on_divergence=skip: drop a diverging task from its meta-batch (see below)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -98,20 +100,36 @@ class InitializationLearner(MetaLearner):
         return [p for n, p in model.named_parameters() if self.scope is None or n.startswith(self.scope)]
 
     def meta_step(self, tasks: list[Task], generator: torch.Generator) -> dict[str, float]:
+        """Train every task from theta^0, average their meta-gradients and take one meta-optimizer step.
+
+        With ``skip_diverging`` a task whose loss turns non-finite is dropped with a warning and the mean runs
+        over the other tasks (the row gets ``skipped``); the step still fails if every task diverges.
+        """
         self.theta0 = flat_params(self.params)
         total = torch.zeros_like(self.theta0)
-        losses, errors = [], []
+        losses, errors, skipped = [], [], []
         for task in tasks:
             self.work.load_state_dict(self.model.state_dict())
             self.begin_task()
             self._losses: list[float] = []
-            errors += self.inner.train(self.work, task, generator, hook=self._observe)
+            try:
+                curve = self.inner.train(self.work, task, generator, hook=self._observe)
+            except DivergenceError as e:
+                if not self.skip_diverging:
+                    raise
+                warnings.warn(f"Skipped a diverging task (train.on_divergence=skip): {e}", stacklevel=2)
+                skipped.append(task.name)
+                continue
+            errors += curve
             losses += self._losses
             total += self.end_task()
+        if len(skipped) == len(tasks):
+            raise DivergenceError(f"every task of the meta-batch diverged ({', '.join(skipped)}).")
         self.meta_opt.zero_grad(set_to_none=True)
-        set_grads(self.params, total / len(tasks))
+        set_grads(self.params, total / (len(tasks) - len(skipped)))
         self.meta_opt.step()
-        return {"loss": float(np.mean(losses)), "error": 100 * float(np.mean(errors))}
+        out = {"loss": float(np.mean(losses)), "error": 100 * float(np.mean(errors))}
+        return out | ({"skipped": len(skipped)} if skipped else {})
 
     def _observe(self, step: int, loss: float, model: nn.Module) -> None:
         self._losses.append(loss)
