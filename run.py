@@ -1,5 +1,7 @@
 """Entry point: ``python run.py experiment=omniglot method=leap [scale=small] [key=value ...]``.
 
+Task-parallel: ``torchrun --nproc_per_node=N run.py ...`` runs the same experiment on N processes.
+
 The only module that talks to Hydra: it composes the config and hands it to ``leapbench.runner.run``.
 """
 import sys
@@ -9,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from leapbench import distributed
 from leapbench.errors import LeapError
 from leapbench.runner import run
 
@@ -17,8 +20,9 @@ from leapbench.runner import run
 def main(cfg: DictConfig) -> None:
     try:
         s = run(cfg, overrides=list(HydraConfig.get().overrides.task))
-        print(f"[leapbench] {s['method']}: test error {s['test']['error']:.1f} %, AUC {s['test']['auc']:.1f} "
-              f"on {len(s['test']['tasks'])} held-out tasks -> {cfg.run_dir}/summary.json")
+        if distributed.is_main():
+            print(f"[leapbench] {s['method']}: test error {s['test']['error']:.1f} %, AUC {s['test']['auc']:.1f} "
+                  f"on {len(s['test']['tasks'])} held-out tasks -> {cfg.run_dir}/summary.json")
     except LeapError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

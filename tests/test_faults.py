@@ -51,7 +51,7 @@ def test_skip_policy_drops_only_the_diverging_task():
     clean, clean_row = leap_after_one_step(good, skip=False)
     assert torch.equal(skipped, clean)  # the mean runs over the two good tasks only
     assert row == clean_row | {"skipped": 1}
-    with pytest.raises(DivergenceError, match="every task of the meta-batch diverged"), pytest.warns(UserWarning):
+    with pytest.raises(DivergenceError, match="every task of the meta-batch .* diverged"), pytest.warns(UserWarning):
         leap_after_one_step([poisoned(toy_task(8)), poisoned(toy_task(9))], skip=True)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from leapbench.inner import Inner
-from leapbench.methods.base import flat_grads, flat_params
+from leapbench.methods.base import flat_grads, flat_params, task_seeds
 from leapbench.methods.finetune import Finetune
 from leapbench.methods.leap import Leap
 from leapbench.methods.scratch import Scratch
@@ -39,10 +39,10 @@ def test_streamed_leap_equals_stored_trajectory():
     leap.meta_step(tasks, torch.Generator().manual_seed(7))
 
     # Independent path: replay the same learning processes and store the whole trajectory.
-    g, ref = torch.Generator().manual_seed(7), torch.zeros_like(theta0)
-    for task in tasks:
+    seeds, ref = task_seeds(len(tasks), torch.Generator().manual_seed(7)), torch.zeros_like(theta0)
+    for task, seed in zip(tasks, seeds):
         model, traj = net(), []
-        inner.train(model, task, g, hook=lambda i, loss, m: traj.append(
+        inner.train(model, task, torch.Generator().manual_seed(seed), hook=lambda i, loss, m: traj.append(
             (flat_params(list(m.parameters())), loss, flat_grads(list(m.parameters())))))
         for (p0, f0, g0), (p1, f1, _) in zip(traj, traj[1:]):
             dp, df = p1 - p0, -abs(f1 - f0)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .errors import ConfigError
 from .inner import Inner, error_on
 from .tasks import Task
@@ -103,12 +104,14 @@ def evaluate(init: nn.Module, tasks: list[Task], inner: Inner, adaptation: Adapt
     ``seed`` fixes batches and augmentation, so every method sees the same data in the same order.
     """
     model = copy.deepcopy(init)
-    per_task = []
-    for k, task in enumerate(tasks):
+    results = {}
+    for k in distributed.mine(len(tasks)):  # under torchrun each rank adapts its share of the tasks
         model.load_state_dict(init.state_dict())
         reset_batchnorm(model)
         generator = torch.Generator().manual_seed(1000 * seed + k)  # per task: independent of other tasks' lengths
-        per_task.append(adapt(model, task, inner, adaptation, generator))
+        results[k] = adapt(model, tasks[k], inner, adaptation, generator)
+    results = distributed.gather(results)
+    per_task = [results[k] for k in range(len(tasks))]
     n = min(len(t["curve"]) for t in per_task)
     return {
         "error": float(np.mean([t["error"] for t in per_task])),

@@ -144,3 +144,17 @@ class RunLogger:
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"W&B finish failed ({type(e).__name__}: {e}).", stacklevel=2)
             self.wandb = None
+
+
+class NullLogger:
+    """What ranks other than 0 log to under torchrun: nothing."""
+
+    rows = 0
+
+    def log(self, row: dict) -> None: ...
+
+    def truncate(self, rows: int) -> None: ...
+
+    def summary(self, summary: dict) -> None: ...
+
+    def close(self, exit_code: int = 0) -> None: ...

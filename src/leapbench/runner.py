@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -25,12 +25,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .errors import ConfigError, LeapError, WriteError, write_error
 from .evaluation import evaluate
 from .inner import DivergenceError
-from .logging import RunLogger, atomic_open, write_json
-from .methods.base import MetaLearner
+from .logging import NullLogger, atomic_open, write_json
+from .methods.base import InitializationLearner, MetaLearner
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
 NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
@@ -212,11 +212,16 @@ class TaskSampler:
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Meta-train, validate and test one configuration; return its summary (also in ``summary.json``)."""
+    """Meta-train, validate and test one configuration; return its summary (also in ``summary.json``).
+
+    Under ``torchrun`` every rank calls this: the ranks split each meta-batch and each evaluation, and rank 0
+    alone writes the run directory and the logs.
+    """
     check(cfg)
+    distributed.init()
     done = finished_run(cfg)
     if done is not None:
-        print(f"[leapbench] {cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
+        say(f"{cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
         return done
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -228,40 +233,55 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
-    with run_lock(Path(cfg.run_dir)):  # only now: a config or data error leaves nothing behind
-        done = finished_run(cfg)  # again, under the lock: another job may have finished it meanwhile
+    if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):
+        raise ConfigError(f"method={learner.name} trains one model on all tasks at once and has no task-parallel "
+                          "mode; run it without torchrun (one process per run, e.g. launcher=joblib).")
+    # Only now, and only on rank 0: a config or data error leaves nothing behind.
+    with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
+        done = distributed.broadcast(finished_run(cfg))  # again, under the lock: another job may have finished it
         return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt)
 
 
+def say(message: str) -> None:
+    if distributed.is_main():
+        print(f"[leapbench] {message}", flush=True)
+
+
 def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
+    main = distributed.is_main()
     config_hash = checkpoint.config_hash(_result_config(cfg))
     resume = None if cfg.overwrite else checkpoint.load(Path(cfg.run_dir), config_hash)
-    start_run_dir(cfg, resuming=resume is not None)
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    if main:
+        start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
         model = build(cfg.model)
         learner.setup(model, inner, len(data.pretrain))
 
-    logger: RunLogger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name,
-                                          config=OmegaConf.to_container(cfg, resolve=True))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name, config=config) if main else NullLogger()
     origin = provenance(overrides)  # taken at the start: the code that runs is the code recorded
     start = time.time()
     exit_code = 1
     try:
         if resume is not None:
-            print(f"[leapbench] resuming {cfg.run_dir} after meta-step {resume['state']['meta_step']}")
+            say(f"resuming {cfg.run_dir} after meta-step {resume['state']['meta_step']}")
         summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger, resume, config_hash)
-        summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **origin)
+        summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **origin,
+                       world_size=distributed.world())
         logger.summary(summary)
-        (Path(cfg.run_dir) / checkpoint.NAME).unlink(missing_ok=True)  # finished: summary.json is the record
+        if main:
+            (Path(cfg.run_dir) / checkpoint.NAME).unlink(missing_ok=True)  # finished: summary.json is the record
         exit_code = 0
         return summary
     except BaseException as e:
         # Killed by a signal handler (SLURM preemption, submitit requeue) or Ctrl-C: interrupted; else crashed.
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "crashed"
         try:
-            write_json(Path(cfg.run_dir) / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
-                                                            "wall_time_s": round(time.time() - start, 1)})
+            if main:
+                write_json(Path(cfg.run_dir) / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
+                                                                "wall_time_s": round(time.time() - start, 1)})
         except WriteError:
             pass  # the disk is full or read-only: the original error says so
         raise
@@ -301,6 +321,8 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         return t.patience is not None and state["bad"] >= t.patience
 
     def save_checkpoint() -> None:
+        if not distributed.is_main():
+            return
         checkpoint.save(run_dir, {"config_hash": config_hash, "learner": learner.state_dict(), "state": state,
                                   "generator": g.get_state(), "queue": list(sampler.queue), "rows": logger.rows})
 
@@ -308,7 +330,8 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         validation(0)
     first = state["meta_step"] + 1
     bar = tqdm(range(first, steps + 1) if not state["stopped"] else [], desc=cfg.run_name, initial=first - 1,
-               total=steps, disable=not cfg.progress, dynamic_ncols=True, unit="meta-step")
+               total=steps, disable=not (cfg.progress and distributed.is_main()), dynamic_ncols=True,
+               unit="meta-step")
     for step in bar:
         tasks = [data.pretrain[i] for i in sampler.sample(t.meta_batch_size)]
         with where(f"Meta-step {step}"):
@@ -329,12 +352,14 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
     if best is not None and t.early_stopping:
         init = copy.deepcopy(init)
         init.load_state_dict(best["init"])
-    checkpoint.save(run_dir, init.state_dict(), name="init.pt")  # the tested initialization
+    if distributed.is_main():
+        checkpoint.save(run_dir, init.state_dict(), name="init.pt")  # the tested initialization
     with where("Test evaluation"):
         test = evaluate(init, data.test, inner, test_adapt, test_seed)
     logger.log({"meta_step": step, "split": "test", "error": test["error"], "auc": test["auc"],
                 "train_error": test["train_error"], "curve": test["curve"]})
-    write_json(Path(cfg.run_dir) / "eval_test.json", test)
+    if distributed.is_main():
+        write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
         "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name,
         "num_pretrain": len(data.pretrain), "seed": cfg.seed,

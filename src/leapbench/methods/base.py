@@ -6,11 +6,11 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .. import distributed
 from ..errors import ConfigError
 from ..inner import DivergenceError, Inner, optimizer_lr
 from ..tasks import Task
@@ -68,6 +68,11 @@ def set_grads(params: list[Tensor], flat: Tensor) -> None:
         i += n
 
 
+def task_seeds(n: int, generator: torch.Generator) -> list[int]:
+    """One seed per task of a meta-batch, for the generator its batches (and augmentation) are drawn from."""
+    return torch.randint(0, 2**62, (n,), generator=generator).tolist()
+
+
 class InitializationLearner(MetaLearner):
     """Meta-learns the initialization theta^0 of the model (Leap, Reptile, FOMAML).
 
@@ -102,34 +107,40 @@ class InitializationLearner(MetaLearner):
     def meta_step(self, tasks: list[Task], generator: torch.Generator) -> dict[str, float]:
         """Train every task from theta^0, average their meta-gradients and take one meta-optimizer step.
 
+        Each task draws its batches from its own generator, seeded from ``generator``, so the result does not
+        depend on which process trains which task: under torchrun each rank trains its share of the tasks
+        and the meta-gradient is summed over ranks once (equal to one process up to float summation order).
         With ``skip_diverging`` a task whose loss turns non-finite is dropped with a warning and the mean runs
         over the other tasks (the row gets ``skipped``); the step still fails if every task diverges.
         """
+        seeds = task_seeds(len(tasks), generator)
         self.theta0 = flat_params(self.params)
         total = torch.zeros_like(self.theta0)
-        losses, errors, skipped = [], [], []
-        for task in tasks:
+        stats = torch.zeros(5, dtype=torch.float64)  # loss sum, loss count, error sum, error count, skipped
+        for k in distributed.mine(len(tasks)):
+            task = tasks[k]
             self.work.load_state_dict(self.model.state_dict())
             self.begin_task()
             self._losses: list[float] = []
             try:
-                curve = self.inner.train(self.work, task, generator, hook=self._observe)
+                curve = self.inner.train(self.work, task, torch.Generator().manual_seed(seeds[k]), hook=self._observe)
             except DivergenceError as e:
                 if not self.skip_diverging:
                     raise
                 warnings.warn(f"Skipped a diverging task (train.on_divergence=skip): {e}", stacklevel=2)
-                skipped.append(task.name)
+                stats[4] += 1
                 continue
-            errors += curve
-            losses += self._losses
+            stats += torch.tensor([sum(self._losses), len(self._losses), sum(curve), len(curve), 0.0], dtype=torch.float64)
             total += self.end_task()
-        if len(skipped) == len(tasks):
-            raise DivergenceError(f"every task of the meta-batch diverged ({', '.join(skipped)}).")
+        distributed.sum_(total)
+        loss_sum, loss_n, err_sum, err_n, skipped = distributed.sum_(stats).tolist()
+        if skipped == len(tasks):
+            raise DivergenceError(f"every task of the meta-batch ({', '.join(t.name for t in tasks)}) diverged.")
         self.meta_opt.zero_grad(set_to_none=True)
-        set_grads(self.params, total / (len(tasks) - len(skipped)))
+        set_grads(self.params, total / (len(tasks) - skipped))
         self.meta_opt.step()
-        out = {"loss": float(np.mean(losses)), "error": 100 * float(np.mean(errors))}
-        return out | ({"skipped": len(skipped)} if skipped else {})
+        out = {"loss": loss_sum / loss_n, "error": 100 * err_sum / err_n}
+        return out | ({"skipped": int(skipped)} if skipped else {})
 
     def _observe(self, step: int, loss: float, model: nn.Module) -> None:
         self._losses.append(loss)
