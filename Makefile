@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot sync-wandb clean
+.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot bench sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ reproduce-omniglot: $(STAMP) ## The paper's Table 1 grid (960 runs; add ARGS=lau
 	$(BIN)/python run.py +sweep=omniglot_paper $(ARGS)
 	$(BIN)/python scripts/aggregate_omniglot.py --scale paper --collect runs
 	$(BIN)/python scripts/make_figures_omniglot.py --scale paper
+
+bench: $(STAMP) ## Benchmarks (about 5 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling
+	$(BIN)/python scripts/bench_leap.py
+	$(BIN)/python scripts/bench_distributed.py
 
 sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
 	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync

@@ -4,13 +4,17 @@ from __future__ import annotations
 import copy
 from functools import partial
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from leapbench.errors import ConfigError
 from leapbench.inner import Inner
-from leapbench.methods.base import flat_grads, flat_params, task_seeds
+from leapbench.methods.base import flat_grads, flat_params, set_grads, task_seeds
 from leapbench.methods.finetune import Finetune
+from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap
+from leapbench.methods.reptile import Reptile
 from leapbench.methods.scratch import Scratch
 from leapbench.models import ConvNet
 from leapbench.tasks import Task
@@ -57,7 +61,7 @@ def test_leap_restarts_every_task_from_theta0_with_fresh_batchnorm():
     leap.setup(net(), inner, 1)
     buffers0 = {k: v.clone() for k, v in leap.model.state_dict().items() if "running" in k}
     seen = []
-    leap.begin_task = lambda: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap))
+    leap.begin_task = lambda: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap))[1]
     leap.meta_step([toy_task(1), toy_task(2)], torch.Generator().manual_seed(0))
     for state in seen:  # each task starts at theta^0 (pre-update) with initial running statistics
         for k, v in buffers0.items():
@@ -115,3 +119,49 @@ def test_scratch_hands_over_the_random_init():
     s = Scratch("scratch")
     s.setup(model, Inner(partial(torch.optim.SGD, lr=0.1), 3, 8), 0)
     assert not s.trains and s.initialization() is model
+
+
+def test_flat_vectors_line_up_on_channels_last_weights():
+    """Parameters and gradients flatten in the same (memory) order, and set_grads inverts flat_grads."""
+    torch.manual_seed(0)
+    model = ConvNet(num_classes=4, filters=4, layers=2, image_size=12, channels_last=True)
+    params = list(model.parameters())
+    conv2 = model.body[4].weight  # 4 -> 4 channels: channels-last memory differs from NCHW
+    assert conv2.is_contiguous(memory_format=torch.channels_last) and not conv2.is_contiguous()
+    for p in params:
+        p.grad = p.detach().clone() * 3  # a gradient equal to 3 x its parameter, element by element
+    assert torch.equal(flat_grads(params), 3 * flat_params(params))
+    flat = torch.randn(flat_params(params).numel())
+    set_grads(params, flat)
+    assert torch.equal(flat_grads(params), flat)
+    assert conv2.grad.is_contiguous(memory_format=torch.channels_last) and not conv2.grad.is_contiguous()
+
+
+@pytest.mark.parametrize("make", [
+    lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=b),
+    lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), norm=False, batched=b),
+    lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), batched=b),
+    lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), last_step=True, batched=b),
+    lambda b: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.1), batched=b),
+])
+def test_batched_tasks_equal_the_sequential_loop(make):
+    """method.batched=true (torch.func.vmap over stacked per-task parameters) gives the sequential meta-step."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=6, batch_size=8)
+    tasks = [toy_task(1), toy_task(2), toy_task(3)]
+    results = []
+    for batched in (False, True):
+        learner = make(batched)
+        learner.setup(net(), inner, len(tasks))
+        row = learner.meta_step(tasks, torch.Generator().manual_seed(7))
+        results.append((flat_params(learner.params), row))
+    (seq, seq_row), (bat, bat_row) = results
+    assert not torch.equal(seq, flat_params(list(net().parameters())))  # the step moved theta^0
+    torch.testing.assert_close(bat, seq, rtol=1e-5, atol=1e-6)
+    assert bat_row["error"] == seq_row["error"] and bat_row["loss"] == pytest.approx(seq_row["loss"], rel=1e-6)
+
+
+def test_batched_needs_plain_sgd():
+    learner = Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=True)
+    learner.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3, momentum=0.9), steps=2, batch_size=8), 1)
+    with pytest.raises(ConfigError, match="plain SGD"):
+        learner.meta_step([toy_task(1)], torch.Generator())

@@ -36,6 +36,8 @@ from .methods.base import InitializationLearner, MetaLearner
 NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
+# Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
+ADDED_DEFAULTS = {("method", "batched"): False}
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
 LOCK = ".lock"
@@ -97,6 +99,9 @@ def _result_config(config: DictConfig | dict) -> dict:
         c["data"] = {k: v for k, v in c["data"].items() if k not in ("root", "cache_dir", "download")}
     if isinstance(c.get("train"), dict):
         c["train"] = {k: v for k, v in c["train"].items() if k not in NON_RESULT_TRAIN_KEYS}
+    for (group, key), default in ADDED_DEFAULTS.items():
+        if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
+            c[group] = {k: v for k, v in c[group].items() if k != key}
     return c
 
 

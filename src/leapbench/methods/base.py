@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import warnings
 from abc import ABC, abstractmethod
+from functools import partial
 from typing import Callable
 
 import torch
@@ -14,6 +15,8 @@ from .. import distributed
 from ..errors import ConfigError
 from ..inner import DivergenceError, Inner, optimizer_lr
 from ..tasks import Task
+
+Flat = Callable[[], Tensor]  # returns a flat copy of psi^i or of its gradient
 
 
 class MetaLearner(ABC):
@@ -49,22 +52,41 @@ class MetaLearner(ABC):
         self.model.load_state_dict(state["model"])
 
 
+def is_channels_last(param: Tensor) -> bool:
+    """A conv weight stored channels-last (flattened in NHWC order, see :func:`flat_params`)."""
+    return param.dim() == 4 and not param.is_contiguous() and param.is_contiguous(memory_format=torch.channels_last)
+
+
+def _in_memory_order(t: Tensor, param: Tensor) -> Tensor:
+    """``t`` (a parameter or its gradient) as 1-D in ``param``'s memory order.
+
+    Channels-last conv weights are read in NHWC order, a free view instead of a permuting copy; the order is
+    the parameter's, so a parameter and its gradient always line up element by element.
+    """
+    return t.permute(0, 2, 3, 1).reshape(-1) if is_channels_last(param) else t.reshape(-1)
+
+
 def flat_params(params: list[Tensor]) -> Tensor:
     """Parameters as one detached vector (a copy)."""
-    return torch.cat([p.detach().reshape(-1) for p in params])
+    return torch.cat([_in_memory_order(p.detach(), p) for p in params])
 
 
 def flat_grads(params: list[Tensor]) -> Tensor:
-    """Gradients as one vector (a copy); a missing gradient counts as zero."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    """Gradients as one vector (a copy), in the order of :func:`flat_params`; a missing gradient counts as zero."""
+    return torch.cat([_in_memory_order(p.grad, p) if p.grad is not None else p.new_zeros(p.numel()) for p in params])
 
 
 def set_grads(params: list[Tensor], flat: Tensor) -> None:
-    """Write a flat vector into the ``.grad`` of each parameter."""
+    """Write a flat vector (in the order of :func:`flat_params`) into the ``.grad`` of each parameter."""
     i = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[i:i + n].view(p.shape).clone()
+        chunk = flat[i:i + n]
+        if is_channels_last(p):
+            b, c, h, w = p.shape
+            p.grad = chunk.view(b, h, w, c).permute(0, 3, 1, 2).clone(memory_format=torch.preserve_format)
+        else:
+            p.grad = chunk.view(p.shape).clone()
         i += n
 
 
@@ -78,19 +100,20 @@ class InitializationLearner(MetaLearner):
 
     Each task starts from theta^0 (parameters and BatchNorm buffers, so running statistics restart for every
     task, as in the reference code), is trained by the shared inner loop, and yields a meta-gradient
-    through ``begin_task``/``on_step``/``end_task``. The mean over the task batch is written into ``.grad``
+    through ``begin_task``/``observe``/``end_task``. The mean over the task batch is written into ``.grad``
     of theta^0 and any ``torch.optim`` meta-optimizer takes the step.
 
     ``scope`` restricts the meta-parameters to names starting with it (e.g. ``"body."`` for a shared encoder);
     ``None`` meta-learns every parameter, as the reference code does (conv, BatchNorm affine and head).
     """
 
-    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], scope: str | None = None) -> None:
+    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], scope: str | None = None,
+                 batched: bool = False) -> None:
         super().__init__(name)
         lr = optimizer_lr(meta_optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
-        self.meta_optimizer, self.scope = meta_optimizer, scope
+        self.meta_optimizer, self.scope, self.batched = meta_optimizer, scope, batched
 
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
@@ -112,26 +135,20 @@ class InitializationLearner(MetaLearner):
         and the meta-gradient is summed over ranks once (equal to one process up to float summation order).
         With ``skip_diverging`` a task whose loss turns non-finite is dropped with a warning and the mean runs
         over the other tasks (the row gets ``skipped``); the step still fails if every task diverges.
+        With ``batched`` the tasks of this process train in lockstep through ``torch.func`` (see ``batched.py``).
         """
         seeds = task_seeds(len(tasks), generator)
         self.theta0 = flat_params(self.params)
-        total = torch.zeros_like(self.theta0)
         stats = torch.zeros(5, dtype=torch.float64)  # loss sum, loss count, error sum, error count, skipped
-        for k in distributed.mine(len(tasks)):
-            task = tasks[k]
-            self.work.load_state_dict(self.model.state_dict())
-            self.begin_task()
-            self._losses: list[float] = []
-            try:
-                curve = self.inner.train(self.work, task, torch.Generator().manual_seed(seeds[k]), hook=self._observe)
-            except DivergenceError as e:
-                if not self.skip_diverging:
-                    raise
-                warnings.warn(f"Skipped a diverging task (train.on_divergence=skip): {e}", stacklevel=2)
-                stats[4] += 1
-                continue
-            stats += torch.tensor([sum(self._losses), len(self._losses), sum(curve), len(curve), 0.0], dtype=torch.float64)
-            total += self.end_task()
+        mine = list(distributed.mine(len(tasks)))
+        if self.batched:
+            from .batched import train_in_lockstep
+
+            total = train_in_lockstep(self, [tasks[k] for k in mine], [seeds[k] for k in mine], stats)
+        else:
+            total = torch.zeros_like(self.theta0)
+            for k in mine:
+                total += self._train_task(tasks[k], seeds[k], stats)
         distributed.sum_(total)
         loss_sum, loss_n, err_sum, err_n, skipped = distributed.sum_(stats).tolist()
         if skipped == len(tasks):
@@ -142,25 +159,38 @@ class InitializationLearner(MetaLearner):
         out = {"loss": loss_sum / loss_n, "error": 100 * err_sum / err_n}
         return out | ({"skipped": int(skipped)} if skipped else {})
 
-    def _observe(self, step: int, loss: float, model: nn.Module) -> None:
-        self._losses.append(loss)
-        self.on_step(step, loss, model)
+    def _train_task(self, task: Task, seed: int, stats: Tensor) -> Tensor:
+        """One task's learning process from theta^0 through the shared inner loop; its meta-gradient."""
+        self.work.load_state_dict(self.model.state_dict())
+        state, losses = self.begin_task(), []
+        params, grads = partial(flat_params, self.work_params), partial(flat_grads, self.work_params)
+
+        def hook(step: int, loss: float, model: nn.Module) -> None:
+            losses.append(loss)
+            self.observe(state, step, loss, params, grads)
+
+        try:
+            curve = self.inner.train(self.work, task, torch.Generator().manual_seed(seed), hook=hook)
+        except DivergenceError as e:
+            if not self.skip_diverging:
+                raise
+            warnings.warn(f"Skipped a diverging task (train.on_divergence=skip): {e}", stacklevel=2)
+            stats[4] += 1
+            return torch.zeros_like(self.theta0)
+        stats += torch.tensor([sum(losses), len(losses), sum(curve), len(curve), 0.0], dtype=torch.float64)
+        return self.end_task(state, params)
 
     # -- the three hooks a method defines -----------------------------------------------------------------
-    def begin_task(self) -> None:
-        """Called before a task's learning process starts from theta^0."""
+    # Per-task state lives in the object ``begin_task`` returns, so tasks can also be trained side by side.
+    # ``params()``/``grads()`` return flat copies of psi^i and its gradient; call them only when needed.
+    def begin_task(self) -> dict:
+        """A task's learning process starts from theta^0: return its fresh state."""
+        return {}
 
     @abstractmethod
-    def on_step(self, step: int, loss: float, model: nn.Module) -> None:
-        """Called at each inner step after backward, before the update (model holds psi^i and its gradient)."""
+    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
+        """Inner step ``step`` after backward, before the update: loss f(psi^i; B_i), psi^i and its gradient."""
 
     @abstractmethod
-    def end_task(self) -> Tensor:
-        """This task's meta-gradient as a flat vector over the meta-parameters."""
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "meta_opt": self.meta_opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.meta_opt.load_state_dict(state["meta_opt"])
+    def end_task(self, state: dict, params: Flat) -> Tensor:
+        """This task's meta-gradient as a flat vector over the meta-parameters (``params()``: the final psi^K)."""

@@ -4,15 +4,15 @@ As in the authors' code, it is the gradient on the last training batch at psi^{K
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import InitializationLearner, flat_grads
+from .base import Flat, InitializationLearner
 
 
 class FOMAML(InitializationLearner):
-    def on_step(self, step: int, loss: float, model: nn.Module) -> None:
+    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
         if step == self.inner.steps - 1:
-            self.grad = flat_grads(self.work_params)
+            state["grad"] = grads()
 
-    def end_task(self) -> Tensor:
-        return self.grad
+    def end_task(self, state: dict, params: Flat) -> Tensor:
+        return state["grad"]

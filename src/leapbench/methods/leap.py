@@ -15,13 +15,14 @@ text (energy, factor 2) is ``method=leap_paper``. Only the previous point is kep
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import InitializationLearner, flat_grads, flat_params
+from .base import Flat, InitializationLearner
 
 
 def increment(
@@ -33,14 +34,14 @@ def increment(
     df = curr_loss - prev_loss
     if stabilizer and df > 0:
         df = -df
-    out = -step
-    if loss:
-        out = out - df * prev_grad
+    # out = -(step + df * prev_grad), divided by the segment length: four passes over the vector in all.
+    out = torch.add(step, prev_grad, alpha=df) if loss else step
+    scale = -1.0
     if norm:
-        length = (step.dot(step) + (df * df if loss else 0.0)).sqrt()
+        length = math.sqrt(float(step.dot(step)) + (df * df if loss else 0.0))
         if length > 0:
-            out = out / length
-    return out
+            scale /= length
+    return out.mul_(scale)
 
 
 class Leap(InitializationLearner):
@@ -48,21 +49,20 @@ class Leap(InitializationLearner):
 
     def __init__(
         self, name: str, meta_optimizer: Callable[..., Optimizer], norm: bool = True, loss: bool = True,
-        stabilizer: bool = True, scope: str | None = None,
+        stabilizer: bool = True, scope: str | None = None, batched: bool = False,
     ) -> None:
-        super().__init__(name, meta_optimizer, scope)
+        super().__init__(name, meta_optimizer, scope, batched)
         self.norm, self.loss, self.stabilizer = norm, loss, stabilizer
 
-    def begin_task(self) -> None:
-        self.prev: tuple[Tensor, float, Tensor] | None = None
-        self.acc = torch.zeros_like(self.theta0)
+    def begin_task(self) -> dict:
+        return {"prev": None, "acc": torch.zeros_like(self.theta0)}
 
-    def on_step(self, step: int, loss: float, model: nn.Module) -> None:
-        curr, grad = flat_params(self.work_params), flat_grads(self.work_params)
-        if self.prev is not None:
-            prev, prev_loss, prev_grad = self.prev
-            self.acc += increment(prev, curr, prev_loss, loss, prev_grad, self.norm, self.loss, self.stabilizer)
-        self.prev = (curr, loss, grad)
+    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
+        curr, grad = params(), grads()
+        if state["prev"] is not None:
+            prev, prev_loss, prev_grad = state["prev"]
+            state["acc"] += increment(prev, curr, prev_loss, loss, prev_grad, self.norm, self.loss, self.stabilizer)
+        state["prev"] = (curr, loss, grad)
 
-    def end_task(self) -> Tensor:
-        return self.acc
+    def end_task(self, state: dict, params: Flat) -> Tensor:
+        return state["acc"]

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import InitializationLearner, flat_params
+from .base import Flat, InitializationLearner
 
 
 class Reptile(InitializationLearner):
-    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False, scope: str | None = None) -> None:
-        super().__init__(name, meta_optimizer, scope)
+    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False,
+                 scope: str | None = None, batched: bool = False) -> None:
+        super().__init__(name, meta_optimizer, scope, batched)
         self.last_step = last_step
 
-    def on_step(self, step: int, loss: float, model: nn.Module) -> None:
+    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
         if step == self.inner.steps - 1 and not self.last_step:
-            self.final = flat_params(self.work_params)
+            state["final"] = params()
 
-    def end_task(self) -> Tensor:
-        final = flat_params(self.work_params) if self.last_step else self.final
-        return self.theta0 - final
+    def end_task(self, state: dict, params: Flat) -> Tensor:
+        return self.theta0 - (params() if self.last_step else state["final"])

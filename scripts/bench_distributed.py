@@ -1,0 +1,93 @@
+"""Task-parallel scaling: Leap meta-training throughput with N torchrun ranks against the best single process.
+
+The same code path as ``torchrun --nproc_per_node=N run.py ...``: ``Leap.meta_step`` splits each meta-batch over
+the ranks and all-reduces the meta-gradient once per meta-step. Measured in one run, on this machine:
+
+* one process with 1 thread, and with every core as torch threads (the best single process);
+* N ranks of one thread each (``--ranks``, default 2).
+
+Model and tasks as in ``bench_leap.py`` (Conv4, 64 filters, batch 20, random Omniglot-shaped images).
+Prints a table and writes ``--out`` (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from bench_leap import model, omniglot_task
+from leapbench import distributed
+from leapbench.inner import Inner
+from leapbench.logging import write_json
+from leapbench.methods.leap import Leap
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    distributed.init()
+    tasks = [omniglot_task(s) for s in range(args.tasks)]
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    leap.setup(model(), Inner(partial(torch.optim.SGD, lr=0.1), steps=args.steps, batch_size=20), args.tasks)
+    g = torch.Generator().manual_seed(0)
+    leap.meta_step(tasks, g)  # warm up
+    distributed.barrier()
+    t = time.perf_counter()
+    for _ in range(args.meta_steps):
+        leap.meta_step(tasks, g)
+    elapsed = time.perf_counter() - t
+    if distributed.is_main():
+        print(json.dumps({"task_steps_per_s": args.meta_steps * args.tasks * args.steps / elapsed,
+                          "seconds": elapsed, "ranks": distributed.world(), "threads": torch.get_num_threads()}))
+
+
+def launch(ranks: int, threads: int, args: argparse.Namespace) -> dict:
+    here = Path(__file__).resolve()
+    common = [str(here), "--worker", "--threads", str(threads), "--tasks", str(args.tasks), "--steps",
+              str(args.steps), "--meta-steps", str(args.meta_steps)]
+    cmd = [sys.executable, *common] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *common]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step (a multiple of --ranks)")
+    ap.add_argument("--steps", type=int, default=50, help="inner steps per task")
+    ap.add_argument("--meta-steps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("results/bench/distributed.json"))
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    cores = os.cpu_count() or 1
+    one = launch(1, 1, args)
+    best = launch(1, cores, args)
+    many = launch(args.ranks, 1, args)
+    single = max(one["task_steps_per_s"], best["task_steps_per_s"])
+    res = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+           "cores": cores, "torch": torch.__version__, "tasks": args.tasks, "steps": args.steps,
+           "meta_steps": args.meta_steps, "one_process_1_thread": one, f"one_process_{cores}_threads": best,
+           f"{args.ranks}_ranks_1_thread": many, "scaling_vs_best_single": many["task_steps_per_s"] / single}
+    print(f"Leap meta-training, {args.tasks} tasks x {args.steps} steps per meta-step, {args.meta_steps} meta-steps")
+    print(f"  1 process, 1 thread        {one['task_steps_per_s']:6.1f} task-steps/s")
+    print(f"  1 process, {cores} threads       {best['task_steps_per_s']:6.1f} task-steps/s")
+    print(f"  {args.ranks} ranks, 1 thread each     {many['task_steps_per_s']:6.1f} task-steps/s"
+          f"  -> {res['scaling_vs_best_single']:.2f}x the best single process")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Leap's cost on the Omniglot model, measured two ways in one run (``make bench`` runs it).
+
+1. **Overhead of the accumulator**: inner-loop task-steps/s of the shared inner loop with Leap's hook against
+   the same loop with no hook, in interleaved repetitions; plus the hook's own time as a share of the loop.
+2. **Against the reference approach**: meta-training throughput of ``Leap.meta_step`` against a
+   re-implementation of the authors' approach (``leap.update`` clones the whole state dict with gradients at
+   every inner step and builds the increment parameter by parameter; NCHW; default threads), same model,
+   same data, interleaved.
+
+3. **Batched task training** (``method.batched=true``) against the sequential loop, meta-step throughput.
+
+The model is the paper's Conv4 (64 filters, 28x28, 20-way, batch 20, SGD lr 0.1). Images are random tensors
+of Omniglot's shape: the cost of a step does not depend on pixel values, so no dataset is needed.
+Prints a table and writes ``--out`` (JSON) with the figures, the machine and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from leapbench.inner import Inner
+from leapbench.logging import write_json
+from leapbench.methods.base import flat_grads, flat_params
+from leapbench.methods.leap import Leap
+from leapbench.models import ConvNet
+from leapbench.tasks import Task
+
+
+def omniglot_task(seed: int) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(400, 1, 28, 28, generator=g) > 0.8).float()  # 20 classes x 20 images, binary like Omniglot
+    y = torch.arange(400) % 20
+    return Task(f"task{seed}", x[:300], y[:300], x[300:], y[300:])
+
+
+def model(channels_last: bool = True) -> ConvNet:
+    torch.manual_seed(0)
+    return ConvNet(in_channels=1, num_classes=20, filters=64, layers=4, image_size=28, channels_last=channels_last)
+
+
+# ------------------------------------------------------------------------------------------ 1. overhead
+def overhead(steps: int, reps: int) -> dict:
+    inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
+    task, net = omniglot_task(0), model()
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    leap.setup(model(), inner, 1)
+    leap.theta0 = flat_params(leap.params)
+    params, grads = partial(flat_params, leap.work_params), partial(flat_grads, leap.work_params)
+    hook_time, state = [0.0], {}
+
+    def timed_hook(step, loss, m):  # what Leap does at each inner step: flatten psi^i and its gradient, add
+        t = time.perf_counter()
+        leap.observe(state, step, loss, params, grads)
+        hook_time[0] += time.perf_counter() - t
+
+    def plain() -> float:
+        t = time.perf_counter()
+        inner.train(net, task, torch.Generator().manual_seed(1))
+        return time.perf_counter() - t
+
+    def with_leap() -> float:
+        state.clear()
+        state.update(leap.begin_task())
+        t = time.perf_counter()
+        inner.train(leap.work, task, torch.Generator().manual_seed(1), hook=timed_hook)
+        return time.perf_counter() - t
+
+    plain(), with_leap()  # warm up
+    hook_time[0] = 0.0
+    a, b = [], []
+    for _ in range(reps):  # interleaved, so drifts in machine speed hit both alike
+        a.append(plain())
+        b.append(with_leap())
+    return {
+        "steps_per_rep": steps, "reps": reps,
+        "plain_task_steps_per_s": steps * reps / sum(a), "leap_task_steps_per_s": steps * reps / sum(b),
+        "overhead_pct_median_of_paired_ratios": 100 * (statistics.median(y / x for x, y in zip(a, b)) - 1),
+        "hook_share_pct": 100 * hook_time[0] / sum(b),
+        "hook_ms_per_step": 1000 * hook_time[0] / (steps * reps),
+    }
+
+
+# -------------------------------------------------------------------------------- 2. reference approach
+class ReferenceLeap:
+    """The authors' approach, re-implemented: a full state-dict clone (with gradients) at every inner step,
+    the increment built parameter by parameter, ``.grad`` of the initialization accumulated in place."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.init = {n: p.detach().clone() for n, p in net.state_dict().items()}
+        self.grads = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+        self.tasks = 0
+
+    def init_task(self) -> None:
+        self.prev = None
+        self.tasks += 1
+
+    def update(self, loss: float, net: torch.nn.Module) -> None:
+        params = dict(net.named_parameters())
+        state = {n: p.detach().clone() for n, p in net.state_dict(keep_vars=True).items()}
+        grads = {n: p.grad.detach().clone() for n, p in params.items()}
+        curr = (state, loss, grads)
+        if self.prev is not None:
+            p_state, p_loss, p_grads = self.prev
+            df = -abs(loss - p_loss)
+            sq = df * df
+            for n in params:
+                sq += (state[n] - p_state[n]).pow(2).sum().item()
+            norm = sq ** 0.5
+            for n in params:
+                add = (p_state[n] - state[n]) - df * p_grads[n]
+                self.grads[n] += add / norm
+        self.prev = curr
+
+    def step(self, net: torch.nn.Module, meta_lr: float) -> None:
+        with torch.no_grad():
+            for n, g in self.grads.items():
+                self.init[n] -= meta_lr * g / self.tasks
+                g.zero_()
+        self.tasks = 0
+
+
+def reference_meta_step(net: torch.nn.Module, ref: ReferenceLeap, tasks: list[Task], steps: int) -> None:
+    for i, task in enumerate(tasks):
+        net.load_state_dict(ref.init)
+        ref.init_task()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        net.train()
+        for x, y in task.batches(steps, 20, torch.Generator().manual_seed(i)):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            ref.update(loss.item(), net)
+            opt.step()
+    ref.step(net, 0.1)
+
+
+def against_reference(tasks_per_step: int, steps: int, reps: int) -> dict:
+    tasks = [omniglot_task(s) for s in range(tasks_per_step)]
+    inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
+    ours = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    ours.setup(model(channels_last=True), inner, tasks_per_step)
+    ref_net = model(channels_last=False)
+    ref = ReferenceLeap(ref_net)
+
+    def time_ours() -> float:
+        t = time.perf_counter()
+        ours.meta_step(tasks, torch.Generator().manual_seed(0))
+        return time.perf_counter() - t
+
+    def time_ref() -> float:
+        t = time.perf_counter()
+        reference_meta_step(ref_net, ref, tasks, steps)
+        return time.perf_counter() - t
+
+    time_ours(), time_ref()
+    a, b = [], []
+    for _ in range(reps):
+        b.append(time_ref())
+        a.append(time_ours())
+    n = tasks_per_step * steps
+    return {
+        "tasks_per_meta_step": tasks_per_step, "steps_per_task": steps, "reps": reps,
+        "ours_task_steps_per_s": n * reps / sum(a), "reference_task_steps_per_s": n * reps / sum(b),
+        "speedup": sum(b) / sum(a),
+    }
+
+
+# ------------------------------------------------------------------------------- 3. batched task training
+def batched_vs_sequential(tasks_per_step: int, steps: int, reps: int) -> dict:
+    """``method.batched=true`` (vmap over stacked per-task parameters) against the sequential loop."""
+    tasks = [omniglot_task(s) for s in range(tasks_per_step)]
+    inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
+    learners = {}
+    for batched in (False, True):
+        learners[batched] = Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=batched)
+        learners[batched].setup(model(), inner, tasks_per_step)
+    times = {False: [], True: []}
+    for rep in range(reps + 1):
+        for batched, learner in learners.items():
+            t = time.perf_counter()
+            learner.meta_step(tasks, torch.Generator().manual_seed(0))
+            if rep:  # the first round warms up
+                times[batched].append(time.perf_counter() - t)
+    n = tasks_per_step * steps * reps
+    return {"tasks_per_meta_step": tasks_per_step, "steps_per_task": steps, "reps": reps,
+            "sequential_task_steps_per_s": n / sum(times[False]), "batched_task_steps_per_s": n / sum(times[True]),
+            "batched_vs_sequential": sum(times[False]) / sum(times[True])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=100, help="inner steps per task (the paper's 100)")
+    ap.add_argument("--reps", type=int, default=8, help="interleaved repetitions")
+    ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step in the comparison with the reference")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--out", type=Path, default=Path("results/bench/leap.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = {
+        "command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "overhead": overhead(args.steps, args.reps),
+        "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 2)),
+        "batched": batched_vs_sequential(args.tasks, args.steps // 2, 2),
+    }
+    o, r = res["overhead"], res["reference"]
+    print(f"threads {res['threads']}, Conv4 64 filters, batch 20, {args.steps} steps per task")
+    print(f"  inner loop alone       {o['plain_task_steps_per_s']:7.1f} task-steps/s")
+    print(f"  inner loop + Leap      {o['leap_task_steps_per_s']:7.1f} task-steps/s")
+    print(f"  Leap overhead          {o['overhead_pct_median_of_paired_ratios']:+7.2f} % (median of paired ratios); "
+          f"accumulator's own time {o['hook_share_pct']:.2f} % ({o['hook_ms_per_step']:.3f} ms/step)")
+    print(f"  reference approach     {r['reference_task_steps_per_s']:7.1f} task-steps/s (state-dict clone, NCHW)")
+    print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x")
+    b = res["batched"]
+    print(f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
+          f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()

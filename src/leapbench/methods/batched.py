@@ -1,0 +1,96 @@
+"""Batched task training (``method.batched=true``): the tasks of a meta-batch learn side by side.
+
+Per-task parameters are stacked along a leading task axis and one ``torch.func.vmap`` of ``grad_and_value``
+over ``functional_call`` takes every task's SGD step at once. Each task draws the same batches as in the
+sequential loop (its own generator), and the method's ``observe``/``end_task`` hooks see the same
+(psi^i, f_i, g_i), so the meta-gradient is the sequential one up to float rounding (tested).
+
+Limits: plain SGD inner loop (no momentum or weight decay), ``train.on_divergence=stop``. BatchNorm runs on
+batch statistics as in training mode; running statistics are not tracked, since nothing in meta-training
+reads them. On the project's 2-core CPU this path measured slower than the sequential loop
+(docs/performance.md), so it is off by default; it is meant for GPUs, where one Conv4 step is latency-bound.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, replace_all_batch_norm_modules_, vmap
+
+from ..errors import ConfigError
+from ..inner import DivergenceError
+from ..tasks import Task
+from .base import is_channels_last
+
+if TYPE_CHECKING:
+    from .base import InitializationLearner
+
+
+def plain_sgd_lr(factory) -> float:
+    """The learning rate of an inner optimizer factory that is plain SGD; a ConfigError otherwise."""
+    kw = dict(getattr(factory, "keywords", {}))
+    lr = kw.pop("lr", None)
+    extra = {k: v for k, v in kw.items() if v}  # momentum=0, weight_decay=0, nesterov=False are plain SGD
+    if getattr(factory, "func", None) is not torch.optim.SGD or lr is None or extra:
+        raise ConfigError("method.batched=true needs a plain SGD inner optimizer with an lr (no momentum or weight "
+                          f"decay); got {factory}. Set method.batched=false.")
+    return float(lr)
+
+
+def train_in_lockstep(learner: InitializationLearner, tasks: list[Task], seeds: list[int], stats: Tensor) -> Tensor:
+    """Train ``tasks`` from theta^0 side by side; add their statistics to ``stats``; return the summed meta-gradient."""
+    inner, n = learner.inner, len(tasks)
+    lr = plain_sgd_lr(inner.optimizer)
+    if learner.skip_diverging:
+        raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
+    if n == 0:
+        return torch.zeros_like(learner.theta0)
+    model = copy.deepcopy(learner.model)
+    replace_all_batch_norm_modules_(model)  # batch statistics only, no in-place buffer updates under vmap
+    if getattr(model, "channels_last", False):
+        model.channels_last = False
+        model.to(memory_format=torch.contiguous_format)
+    model.train()
+    meta = {id(p) for p in learner.params}
+    names = [name for name, p in learner.model.named_parameters()]
+    order = [(name, is_channels_last(p)) for name, p in learner.model.named_parameters() if id(p) in meta]
+    params = {name: p.detach().unsqueeze(0).repeat(n, *[1] * p.dim()) for name, p in model.named_parameters()}
+    assert list(params) == names
+
+    def loss_and_logits(ps: dict[str, Tensor], x: Tensor, y: Tensor):
+        logits = functional_call(model, ps, (x,))
+        return F.cross_entropy(logits, y), logits
+
+    step_all = vmap(grad_and_value(loss_and_logits, has_aux=True))
+
+    def flat(tensors: dict[str, Tensor]) -> Tensor:
+        """(tasks, P) rows in the order of ``flat_params`` over the meta-parameters."""
+        return torch.cat([(tensors[name].permute(0, 1, 3, 4, 2) if cl else tensors[name]).reshape(n, -1)
+                          for name, cl in order], dim=1)
+
+    streams = [iter(t.batches(inner.steps, inner.batch_size, torch.Generator().manual_seed(s)))
+               for t, s in zip(tasks, seeds)]
+    states = [learner.begin_task() for _ in tasks]
+    sums = torch.zeros(4, dtype=torch.float64)
+    for step in range(inner.steps):
+        batch = [next(s) for s in streams]
+        x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        grads, (loss, logits) = step_all(params, x, y)
+        losses = loss.tolist()
+        for task, value in zip(tasks, losses):
+            if not math.isfinite(value):
+                raise DivergenceError(f"Non-finite loss ({value}) on task {task.name!r} at inner step {step}. Lower "
+                                      "the learning rates (inner.optimizer.lr, method.meta_optimizer.lr) and run again.")
+        errors = (logits.argmax(-1) != y).float().mean(1).tolist()
+        sums += torch.tensor([sum(losses), n, sum(errors), n], dtype=torch.float64)
+        p_rows, g_rows = flat(params), flat(grads)
+        for k in range(n):
+            learner.observe(states[k], step, losses[k], lambda k=k: p_rows[k], lambda k=k: g_rows[k])
+        params = {name: params[name] - lr * grads[name] for name in names}
+    final = flat(params)
+    stats[:4] += sums
+    return sum(learner.end_task(states[k], lambda k=k: final[k]) for k in range(n))
