@@ -186,3 +186,28 @@ def test_submitit_requeue_resumes_from_the_checkpoint(fake_root, tmp_path):
     assert got["status"] == "finished" and got["test"] == ref["test"]
     assert train_steps(run_dir) == list(range(1, 13))
     assert (run_dir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
+
+
+def test_resumed_run_continues_the_same_wandb_run(fake_root, tmp_path, monkeypatch):
+    """A crashed run resumed from its checkpoint logs to the same W&B run id (offline), never a second run."""
+    import hashlib
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("method=leap", "scale=smoke", "logger=wandb", *FAKE, "train.meta_steps=4", "train.val_every=null",
+                   tmp_path=tmp_path, data_root=fake_root)
+    real_train, calls = Inner.train, []
+
+    def crash_in_meta_step_3(self, model, task, generator, **kw):
+        calls.append(1)
+        if len(calls) == 5:  # 2 tasks per meta-step: the first task of meta-step 3
+            raise DivergenceError("Non-finite loss (nan) injected")
+        return real_train(self, model, task, generator, **kw)
+
+    monkeypatch.setattr(Inner, "train", crash_in_meta_step_3)
+    with pytest.raises(DivergenceError):
+        run(cfg)
+    monkeypatch.setattr(Inner, "train", real_train)
+    assert run(cfg)["status"] == "finished"
+    files = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
+    ids = {f.stem.removeprefix("run-") for f in files}
+    assert len(files) == 2 and ids == {hashlib.sha1(cfg.run_name.encode()).hexdigest()[:16]}

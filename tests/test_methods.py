@@ -16,7 +16,7 @@ from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap
 from leapbench.methods.reptile import Reptile
 from leapbench.methods.scratch import Scratch
-from leapbench.models import ConvNet
+from leapbench.models import ConvNet, MultiHeadConvNet
 from leapbench.tasks import Task
 
 
@@ -165,3 +165,26 @@ def test_batched_needs_plain_sgd():
     learner.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3, momentum=0.9), steps=2, batch_size=8), 1)
     with pytest.raises(ConfigError, match="plain SGD"):
         learner.meta_step([toy_task(1)], torch.Generator())
+
+
+def test_each_task_trains_only_its_own_head_and_heldout_starts_fresh():
+    """Multi-head model (Multi-CV): a head is never shared across tasks; the held-out task's head is untouched."""
+    torch.manual_seed(0)
+    model = MultiHeadConvNet({"a": 4, "b": 4, "heldout": 4}, in_channels=1, filters=4, layers=2, image_size=12)
+    init = copy.deepcopy(model.state_dict())
+    a, b = toy_task(1), toy_task(2)
+    a.head, b.head = "a", "b"
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), scope="body.")
+    leap.setup(model, Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8), 2)
+    leap.work.load_state_dict(leap.model.state_dict())
+    leap.inner.train(leap.work, a, torch.Generator().manual_seed(0))
+    trained = leap.work.state_dict()
+    assert not torch.equal(trained["heads.a.weight"], init["heads.a.weight"])  # task a trained its head
+    for name in ("b", "heldout"):
+        assert torch.equal(trained[f"heads.{name}.weight"], init[f"heads.{name}.weight"])  # and no other
+    leap.meta_step([a, b], torch.Generator().manual_seed(0))
+    after = leap.model.state_dict()
+    assert not torch.equal(after["body.0.weight"], init["body.0.weight"])  # the shared body is meta-learned
+    assert all(torch.equal(after[k], init[k]) for k in init if k.startswith("heads."))  # heads are not
+    with pytest.raises(KeyError, match="No head for task 'c'"):
+        model.select("c")

@@ -69,6 +69,8 @@ class Inner:
 
         ``after_step(i)`` runs after the i-th update and may return True to stop early.
         """
+        if task.head is not None:
+            model.select(task.head)  # its own output layer; later scoring (error_on) uses the same head
         model.train()
         opt = self.optimizer(model.parameters())
         errors: list[float] = []

@@ -42,3 +42,27 @@ class ConvNet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
+
+
+class MultiHeadConvNet(ConvNet):
+    """The Conv4 body with one linear head per task, each sized to its task's classes (Multi-CV).
+
+    ``select(name)`` routes ``forward`` through that task's head; the shared inner loop selects the head of
+    the task it trains (``Task.head``), so a head only ever sees its own task. A task never trained on (the
+    held-out dataset) keeps its head at the random initialization: a fresh head.
+    """
+
+    def __init__(self, heads: dict[str, int], in_channels: int = 3, filters: int = 64, layers: int = 4,
+                 image_size: int = 32, channels_last: bool = True) -> None:
+        super().__init__(in_channels, 1, filters, layers, image_size, channels_last)
+        del self.head
+        self.heads = nn.ModuleDict({name: nn.Linear(self.features, n) for name, n in heads.items()})
+        self.active = next(iter(self.heads))
+
+    def select(self, name: str) -> None:
+        if name not in self.heads:
+            raise KeyError(f"No head for task {name!r}; the model has heads for {', '.join(self.heads)}.")
+        self.active = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads[self.active](self.embed(x))

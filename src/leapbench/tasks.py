@@ -16,7 +16,8 @@ class Task:
 
     Images are float tensors ``(N, C, H, W)``; labels are ``int64`` in ``[0, num_classes)``.
     ``augment`` is applied on the fly to every training batch, and to held-out images when
-    ``augment_heldout`` is set (the reference code does this for Omniglot).
+    ``augment_heldout`` is set (the reference code does this for Omniglot). ``head`` names the task's own
+    output layer in a multi-head model (``models.MultiHeadConvNet``); ``None`` for single-head models.
     """
 
     name: str
@@ -27,6 +28,7 @@ class Task:
     task_id: int = 0
     augment: Augment | None = None
     augment_heldout: bool = False
+    head: str | None = None
 
     def batches(self, steps: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``steps`` training batches; each epoch is a fresh permutation of the training set."""

@@ -47,6 +47,9 @@ def train_in_lockstep(learner: InitializationLearner, tasks: list[Task], seeds: 
     lr = plain_sgd_lr(inner.optimizer)
     if learner.skip_diverging:
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
+    if any(t.head is not None for t in tasks):
+        raise ConfigError("method.batched=true trains one shared network shape; tasks with heads of their own "
+                          "cannot be stacked. Set method.batched=false.")
     if n == 0:
         return torch.zeros_like(learner.theta0)
     model = copy.deepcopy(learner.model)
