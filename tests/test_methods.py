@@ -188,3 +188,19 @@ def test_each_task_trains_only_its_own_head_and_heldout_starts_fresh():
     assert all(torch.equal(after[k], init[k]) for k in init if k.startswith("heads."))  # heads are not
     with pytest.raises(KeyError, match="No head for task 'c'"):
         model.select("c")
+
+
+def test_early_stopping_on_validation_reports_test_error_at_the_best_point():
+    """A task with validation images (Multi-CV): stop on validation, report the held-out error scored where
+    validation was best, i.e. what a fixed run of that many updates scores."""
+    from leapbench.evaluation import Adaptation, adapt
+
+    task = toy_task(3, n=60)
+    task.x_val, task.y_val = task.x_train[:12] + 0.3, task.y_train[:12]  # shifted: differs from the test images
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
+    early = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3)
+    res = adapt(net(), task, inner, early, torch.Generator().manual_seed(5))
+    assert 0 < res["best_step"] <= res["steps"]
+    fixed = Adaptation(mode="fixed", steps=res["best_step"])
+    again = adapt(net(), task, inner, fixed, torch.Generator().manual_seed(5))
+    assert res["error"] == again["error"]

@@ -72,28 +72,37 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
     """Adapt ``model`` (in place) to ``task``; return its curve and scores."""
     if adaptation.mode == "fixed":
         curve = inner.train(model, task, generator, steps=adaptation.steps)
-        best = error_on(model, *task.heldout(generator))
+        best, best_step = error_on(model, *task.heldout(generator)), len(curve)
     else:
-        state = {"best": float("inf"), "bad": 0}
+        # Watch the validation images when the task has them (Multi-CV) and report the held-out (test) error
+        # where validation was best; otherwise watch and report the held-out images (Omniglot, the paper).
+        has_val = task.x_val is not None
+        state = {"best": float("inf"), "bad": 0, "test": float("inf"), "step": 0}
+
+        def watch(step: int) -> bool:
+            err = error_on(model, task.x_val, task.y_val) if has_val else error_on(model, *task.heldout(generator))
+            improved = err < state["best"]
+            if improved:
+                state["best"], state["step"] = err, step
+                state["test"] = error_on(model, *task.heldout(generator)) if has_val else err
+            return improved
 
         def check(i: int) -> bool:
             if (i + 1) % adaptation.eval_every:
                 return False
-            err = error_on(model, *task.heldout(generator))
-            if err < state["best"]:
-                state["best"], state["bad"] = err, 0
-            else:
-                state["bad"] += 1
+            state["bad"] = 0 if watch(i + 1) else state["bad"] + 1
             return i + 1 >= adaptation.steps and state["bad"] >= adaptation.patience
 
         curve = inner.train(model, task, generator, steps=adaptation.max_steps, after_step=check)
-        best = min(state["best"], error_on(model, *task.heldout(generator)))
+        watch(len(curve))
+        best, best_step = state["test"], state["step"]
     return {
         "name": task.name,
         "error": 100 * best,
         "auc": auc(curve[: adaptation.steps]),
         "train_error": 100 * error_on(model, task.x_train, task.y_train),
         "steps": len(curve),
+        "best_step": best_step,  # the update count the reported error was scored after
         "curve": [round(e, 4) for e in curve],
     }
 

@@ -29,6 +29,8 @@ class Task:
     augment: Augment | None = None
     augment_heldout: bool = False
     head: str | None = None
+    x_val: Tensor | None = None  # validation images: early stopping watches them instead of the held-out ones
+    y_val: Tensor | None = None
 
     def batches(self, steps: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``steps`` training batches; each epoch is a fresh permutation of the training set."""
