@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..inner import DivergenceError, Inner, optimizer_lr
 from ..tasks import Task
 
-Flat = Callable[[], Tensor]  # returns a flat copy of psi^i or of its gradient
+Flat = Callable[..., Tensor]  # a flat copy of psi^i or of its gradient; ``out=`` may name a buffer to fill
 
 
 class MetaLearner(ABC):
@@ -66,14 +66,15 @@ def _in_memory_order(t: Tensor, param: Tensor) -> Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1) if is_channels_last(param) else t.reshape(-1)
 
 
-def flat_params(params: list[Tensor]) -> Tensor:
-    """Parameters as one detached vector (a copy)."""
-    return torch.cat([_in_memory_order(p.detach(), p) for p in params])
+def flat_params(params: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """Parameters as one detached vector (a copy; written into ``out`` when given)."""
+    return torch.cat([_in_memory_order(p.detach(), p) for p in params], out=out)
 
 
-def flat_grads(params: list[Tensor]) -> Tensor:
+def flat_grads(params: list[Tensor], out: Tensor | None = None) -> Tensor:
     """Gradients as one vector (a copy), in the order of :func:`flat_params`; a missing gradient counts as zero."""
-    return torch.cat([_in_memory_order(p.grad, p) if p.grad is not None else p.new_zeros(p.numel()) for p in params])
+    parts = [_in_memory_order(p.grad, p) if p.grad is not None else p.new_zeros(p.numel()) for p in params]
+    return torch.cat(parts, out=out)
 
 
 def set_grads(params: list[Tensor], flat: Tensor) -> None:
@@ -183,6 +184,7 @@ class InitializationLearner(MetaLearner):
     # -- the three hooks a method defines -----------------------------------------------------------------
     # Per-task state lives in the object ``begin_task`` returns, so tasks can also be trained side by side.
     # ``params()``/``grads()`` return flat copies of psi^i and its gradient; call them only when needed.
+    # ``params(out=buf)`` may fill ``buf`` to save an allocation; always use the returned tensor.
     def begin_task(self) -> dict:
         """A task's learning process starts from theta^0: return its fresh state."""
         return {}

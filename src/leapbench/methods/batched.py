@@ -92,8 +92,9 @@ def train_in_lockstep(learner: InitializationLearner, tasks: list[Task], seeds: 
         sums += torch.tensor([sum(losses), n, sum(errors), n], dtype=torch.float64)
         p_rows, g_rows = flat(params), flat(grads)
         for k in range(n):
-            learner.observe(states[k], step, losses[k], lambda k=k: p_rows[k], lambda k=k: g_rows[k])
+            learner.observe(states[k], step, losses[k], lambda k=k, out=None: p_rows[k],
+                            lambda k=k, out=None: g_rows[k])
         params = {name: params[name] - lr * grads[name] for name in names}
     final = flat(params)
     stats[:4] += sums
-    return sum(learner.end_task(states[k], lambda k=k: final[k]) for k in range(n))
+    return sum(learner.end_task(states[k], lambda k=k, out=None: final[k]) for k in range(n))

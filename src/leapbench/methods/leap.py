@@ -28,20 +28,27 @@ from .base import Flat, InitializationLearner
 def increment(
     prev: Tensor, curr: Tensor, prev_loss: float, curr_loss: float, prev_grad: Tensor,
     norm: bool = True, loss: bool = True, stabilizer: bool = True,
+    into: Tensor | None = None, scratch: Tensor | None = None,
 ) -> Tensor:
-    """Leap's meta-gradient contribution of the segment from ``prev`` to ``curr`` (flat vectors)."""
-    step = curr - prev
+    """Leap's meta-gradient contribution of the segment from ``prev`` to ``curr`` (flat vectors).
+
+    Returned as a new vector, or added into ``into`` (then returned); ``scratch`` is an optional buffer for
+    the step. With both, nothing is allocated: four passes over the vector (difference, dot, two axpys).
+    """
+    step = torch.sub(curr, prev, out=scratch)
     df = curr_loss - prev_loss
     if stabilizer and df > 0:
         df = -df
-    # out = -(step + df * prev_grad), divided by the segment length: four passes over the vector in all.
-    out = torch.add(step, prev_grad, alpha=df) if loss else step
-    scale = -1.0
+    scale = 1.0
     if norm:
         length = math.sqrt(float(step.dot(step)) + (df * df if loss else 0.0))
         if length > 0:
             scale /= length
-    return out.mul_(scale)
+    out = torch.zeros_like(curr) if into is None else into
+    out.add_(step, alpha=-scale)  # -step / length
+    if loss:
+        out.add_(prev_grad, alpha=-df * scale)  # - df * g_{i-1} / length
+    return out
 
 
 class Leap(InitializationLearner):
@@ -55,14 +62,20 @@ class Leap(InitializationLearner):
         self.norm, self.loss, self.stabilizer = norm, loss, stabilizer
 
     def begin_task(self) -> dict:
-        return {"prev": None, "acc": torch.zeros_like(self.theta0)}
+        # Two (psi, grad) buffer pairs used in turn and one scratch vector: no allocation per inner step.
+        buffers = [torch.empty_like(self.theta0) for _ in range(5)]
+        return {"prev": None, "acc": torch.zeros_like(self.theta0), "spare": buffers[:2], "other": buffers[2:4],
+                "scratch": buffers[4]}
 
     def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
-        curr, grad = params(), grads()
+        spare = state["spare"]
+        curr, grad = params(out=spare[0]), grads(out=spare[1])
         if state["prev"] is not None:
             prev, prev_loss, prev_grad = state["prev"]
-            state["acc"] += increment(prev, curr, prev_loss, loss, prev_grad, self.norm, self.loss, self.stabilizer)
+            increment(prev, curr, prev_loss, loss, prev_grad, self.norm, self.loss, self.stabilizer,
+                      into=state["acc"], scratch=state["scratch"])
         state["prev"] = (curr, loss, grad)
+        state["spare"], state["other"] = state["other"], spare  # the old psi^{i-1} buffers are free again
 
     def end_task(self, state: dict, params: Flat) -> Tensor:
         return state["acc"]
