@@ -12,6 +12,8 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.results import export_run, load_summaries, mean_std  # noqa: E402
 
@@ -92,6 +94,22 @@ def write_tables(summaries: list[dict], out: Path, scale: str) -> None:
               f" ({len(summaries)} runs; commit(s) {', '.join(c[:12] for c in commits)}).", ""]
     text = header + md(err, "Table 1: mean test error (%) on the 10 held-out alphabets", True)
     text += [""] + md(auc, "Fig. 2 (right): AUC of the training-error curve (0-100)", False)
+    if "leap" in methods and "scratch" in methods:
+        text += ["", "## Leap's margin over no pretraining (points; positive: Leap is better)", "",
+                 "| tasks | test error | AUC |", "|---|---|---|"]
+        for n in counts:
+            if ("leap", n) in err and ("scratch", n) in err:
+                text.append(f"| {n} | {err[('scratch', n)][0] - err[('leap', n)][0]:.1f} | "
+                            f"{auc[('scratch', n)][0] - auc[('leap', n)][0]:.1f} |")
+    wall: dict[tuple[str, int], list[float]] = {}
+    for x in summaries:
+        if "wall_time_s" in x:
+            wall.setdefault((x["method"], x["seed"]), []).append(x["wall_time_s"])
+    text += ["", "## Wall time per run (s), mean over its task counts", "",
+             "| seed | " + " | ".join(LABELS[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    for sd in seeds:
+        cells_ = [f"{np.mean(wall[(m, sd)]):.0f}" if (m, sd) in wall else "–" for m in methods]
+        text.append(f"| {sd} | " + " | ".join(cells_) + " |")
     (out / "table1.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
