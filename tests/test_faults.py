@@ -151,6 +151,8 @@ def test_concurrent_sweep_jobs_aimed_at_one_directory(fake_root, tmp_path):
                           "eval.max_steps=400", "inner.optimizer.lr=0.1,0.11", f"paths.data={fake_root}",
                           f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0  # the refused job fails the sweep, after the other job finished
+    # Normally the lock refuses the second job; if the first had already finished, its config check does.
     assert "is in use by pid" in out.stderr or "holds a finished run with a different config" in out.stderr
     summaries = list((tmp_path / "runs").rglob("summary.json"))
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["status"] == "finished"

@@ -131,6 +131,10 @@ def test_flat_vectors_line_up_on_channels_last_weights():
     for p in params:
         p.grad = p.detach().clone() * 3  # a gradient equal to 3 x its parameter, element by element
     assert torch.equal(flat_grads(params), 3 * flat_params(params))
+    start = sum(p.numel() for p in params[:4])  # conv1 weight and bias, BatchNorm weight and bias come first
+    assert params[4] is conv2
+    segment = flat_params(params)[start:start + conv2.numel()]
+    assert torch.equal(segment, conv2.detach().permute(0, 2, 3, 1).reshape(-1))  # NHWC: its memory order
     flat = torch.randn(flat_params(params).numel())
     set_grads(params, flat)
     assert torch.equal(flat_grads(params), flat)
@@ -199,8 +203,38 @@ def test_early_stopping_on_validation_reports_test_error_at_the_best_point():
     task.x_val, task.y_val = task.x_train[:12] + 0.3, task.y_train[:12]  # shifted: differs from the test images
     inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
     early = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3)
-    res = adapt(net(), task, inner, early, torch.Generator().manual_seed(5))
+    import leapbench.evaluation as evaluation
+
+    watched, real = [], evaluation.error_on
+    evaluation.error_on = lambda m, x, y: (watched.append(x is task.x_val), real(m, x, y))[1]
+    try:
+        res = adapt(net(), task, inner, early, torch.Generator().manual_seed(5))
+    finally:
+        evaluation.error_on = real
+    checks = res["steps"] // 2 + 1  # one every eval_every=2 updates, and one at the end
+    assert watched.count(True) == checks  # early stopping looked at the validation images only
     assert 0 < res["best_step"] <= res["steps"]
     fixed = Adaptation(mode="fixed", steps=res["best_step"])
     again = adapt(net(), task, inner, fixed, torch.Generator().manual_seed(5))
     assert res["error"] == again["error"]
+
+
+def test_meta_optimizer_state_survives_a_checkpoint():
+    """Resuming restores Adam's moments: the next meta-step equals the uninterrupted one, bitwise."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=3, batch_size=8)
+    tasks = [toy_task(1), toy_task(2)]
+
+    def learner():
+        leap = Leap("leap", partial(torch.optim.Adam, lr=0.01))
+        leap.setup(net(), inner, 2)
+        return leap
+
+    a = learner()
+    a.meta_step(tasks, torch.Generator().manual_seed(0))
+    saved = copy.deepcopy(a.state_dict())
+    assert saved["meta_opt"]["state"]  # Adam's moments are in the checkpoint
+    b = learner()
+    b.load_state_dict(saved)
+    for m in (a, b):
+        m.meta_step(tasks, torch.Generator().manual_seed(1))
+    assert torch.equal(flat_params(a.params), flat_params(b.params))

@@ -1,8 +1,11 @@
 """Task-parallel meta-training on torch.distributed: ranks split each meta-batch and all-reduce the meta-gradient.
 
 ``torchrun --nproc_per_node=N run.py ...`` sets ``WORLD_SIZE``/``RANK``; :func:`init` joins the process group
-(gloo for CPU tensors, nccl when ``LEAP_DIST_BACKEND=nccl`` or the model lives on a GPU). In a plain process
-every function here is a no-op, so one code path serves both.
+with gloo (the runner trains on CPU today; ``LEAP_DIST_BACKEND`` names another backend once models move to
+GPUs). In a plain process every function here is a no-op, so one code path serves both.
+
+A failure on one rank (a diverging task, a failed write on rank 0) ends that rank; torchrun then stops the
+others, which may report the broken connection rather than the cause: read the failing rank's message.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -131,22 +132,17 @@ class RunsFolderCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(Path(config.paths.runs))
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(Path(config.paths.runs))
-
-    @staticmethod
-    def _check(runs: Path) -> None:
+        runs = Path(config.paths.runs)
         try:
             runs.mkdir(parents=True, exist_ok=True)
-            with atomic_open(runs / ".write-test"):
-                pass
-            (runs / ".write-test").unlink()
-        except (OSError, WriteError) as e:
-            err = e if isinstance(e, WriteError) else write_error(runs, e)
-            print(f"error: {err}", file=sys.stderr)
+            fd, probe = tempfile.mkstemp(dir=runs, prefix=".write-test-")  # unique: ranks check at once
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            print(f"error: {write_error(runs, e)}", file=sys.stderr)
             sys.exit(2)
+
+    on_multirun_start = on_run_start
 
 
 @contextmanager
@@ -243,7 +239,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                           "mode; run it without torchrun (one process per run, e.g. launcher=joblib).")
     # Only now, and only on rank 0: a config or data error leaves nothing behind.
     with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
-        done = distributed.broadcast(finished_run(cfg))  # again, under the lock: another job may have finished it
+        # Again, under the lock (another job may have finished it); rank 0 decides for every rank.
+        done = distributed.broadcast(finished_run(cfg) if distributed.is_main() else None)
         return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt)
 
 
@@ -255,8 +252,9 @@ def say(message: str) -> None:
 def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
     main = distributed.is_main()
     config_hash = checkpoint.config_hash(_result_config(cfg))
-    resume = None if cfg.overwrite else checkpoint.load(Path(cfg.run_dir), config_hash)
-    distributed.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    # Rank 0 reads the checkpoint and hands it to every rank (run directories need not be shared across nodes).
+    resume = None if cfg.overwrite or not main else checkpoint.load(Path(cfg.run_dir), config_hash)
+    resume = distributed.broadcast(resume)
     if main:
         start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state

@@ -196,3 +196,10 @@ class InitializationLearner(MetaLearner):
     @abstractmethod
     def end_task(self, state: dict, params: Flat) -> Tensor:
         """This task's meta-gradient as a flat vector over the meta-parameters (``params()``: the final psi^K)."""
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "meta_opt": self.meta_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.meta_opt.load_state_dict(state["meta_opt"])
