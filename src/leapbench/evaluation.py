@@ -35,7 +35,10 @@ class Adaptation:
       images every ``eval_every`` updates and stop after ``patience`` checks without a new best (never before
       ``steps`` updates, never after ``max_steps``); the reported error is the best one seen.
 
-    In both modes the AUC covers the first ``steps`` updates, so it is comparable across methods.
+    In both modes the AUC covers the first ``steps`` updates, so it is comparable across methods; with
+    ``auc_all`` it covers the whole curve until stopping (Multi-CV: the paper trains to convergence).
+    With ``epochs`` the counts ``steps``, ``max_steps`` and ``eval_every`` are epochs of the task's training
+    set (Multi-CV: at most 100 epochs, early stopping checked after every epoch).
     """
 
     mode: str = "fixed"
@@ -43,6 +46,8 @@ class Adaptation:
     max_steps: int = 1000
     eval_every: int = 20
     patience: int = 5
+    epochs: bool = False
+    auc_all: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,8 +75,10 @@ def reset_batchnorm(model: nn.Module) -> None:
 
 def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, generator: torch.Generator) -> dict:
     """Adapt ``model`` (in place) to ``task``; return its curve and scores."""
+    per = inner.epoch_steps(task) if adaptation.epochs else 1
+    steps, max_steps, eval_every = adaptation.steps * per, adaptation.max_steps * per, adaptation.eval_every * per
     if adaptation.mode == "fixed":
-        curve = inner.train(model, task, generator, steps=adaptation.steps)
+        curve = inner.train(model, task, generator, steps=steps)
         best, best_step = error_on(model, *task.heldout(generator)), len(curve)
     else:
         # Watch the validation images when the task has them (Multi-CV) and report the held-out (test) error
@@ -88,23 +95,34 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
             return improved
 
         def check(i: int) -> bool:
-            if (i + 1) % adaptation.eval_every:
+            if (i + 1) % eval_every:
                 return False
             state["bad"] = 0 if watch(i + 1) else state["bad"] + 1
-            return i + 1 >= adaptation.steps and state["bad"] >= adaptation.patience
+            return i + 1 >= steps and state["bad"] >= adaptation.patience
 
-        curve = inner.train(model, task, generator, steps=adaptation.max_steps, after_step=check)
+        curve = inner.train(model, task, generator, steps=max_steps, after_step=check)
         watch(len(curve))
         best, best_step = state["test"], state["step"]
     return {
         "name": task.name,
         "error": 100 * best,
-        "auc": auc(curve[: adaptation.steps]),
+        "auc": auc(curve if adaptation.auc_all else curve[:steps]),
         "train_error": 100 * error_on(model, task.x_train, task.y_train),
         "steps": len(curve),
         "best_step": best_step,  # the update count the reported error was scored after
-        "curve": [round(e, 4) for e in curve],
+        "curve": thin(curve),  # every point up to MAX_POINTS; longer curves as means of equal bins
     }
+
+
+MAX_POINTS = 1000
+
+
+def thin(curve: list[float], points: int = MAX_POINTS) -> list[float]:
+    """A curve of at most ``points`` values: longer ones averaged over bins of ``ceil(len / points)`` steps."""
+    k = -(-len(curve) // points)
+    if k > 1:
+        curve = [float(np.mean(curve[i:i + k])) for i in range(0, len(curve), k)]
+    return [round(e, 4) for e in curve]
 
 
 def evaluate(init: nn.Module, tasks: list[Task], inner: Inner, adaptation: Adaptation, seed: int) -> dict:

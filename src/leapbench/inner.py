@@ -38,13 +38,20 @@ def optimizer_lr(factory: Callable[..., Optimizer]) -> float | None:
 
 
 class Inner:
-    """Trains a model on one task: ``steps`` minibatches of ``batch_size`` with a fresh ``optimizer``.
+    """Trains a model on one task: minibatches of ``batch_size`` with a fresh ``optimizer``.
 
     ``optimizer`` is a factory (``functools.partial`` of a ``torch.optim`` class) called on the
     model's parameters at the start of each task, as in the reference code.
+
+    By default a task gets ``steps`` updates (Omniglot). With ``epochs=True`` (Multi-CV) ``steps`` counts
+    epochs of the task's training set instead, so each dataset trains for at most that many passes; with
+    ``patience`` a task that has validation images also stops once its validation error has not improved for
+    ``patience`` epochs (checked at the end of every epoch). Evaluation brings its own stopping rule
+    (``evaluation.Adaptation``), so ``patience`` applies to meta-training only.
     """
 
-    def __init__(self, optimizer: Callable[..., Optimizer], steps: int, batch_size: int) -> None:
+    def __init__(self, optimizer: Callable[..., Optimizer], steps: int, batch_size: int, epochs: bool = False,
+                 patience: int | None = None) -> None:
         lr = optimizer_lr(optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
@@ -52,7 +59,17 @@ class Inner:
             raise ConfigError(f"inner.steps={steps} must be at least 1.")
         if batch_size < 1:
             raise ConfigError(f"inner.batch_size={batch_size} must be at least 1.")
+        if patience is not None and (patience < 1 or not epochs):
+            raise ConfigError(f"inner.patience={patience} needs inner.epochs=true and a value of at least 1 (or null).")
         self.optimizer, self.steps, self.batch_size = optimizer, steps, batch_size
+        self.epochs, self.patience = epochs, patience
+
+    def epoch_steps(self, task: Task) -> int:
+        return math.ceil(len(task.y_train) / self.batch_size)
+
+    def steps_for(self, task: Task) -> int:
+        """The number of updates ``task`` trains for at most in meta-training."""
+        return self.steps * self.epoch_steps(task) if self.epochs else self.steps
 
     def train(
         self,
@@ -67,14 +84,17 @@ class Inner:
     ) -> list[float]:
         """Train ``model`` in place; return the per-step training error (0-1) on each batch before its update.
 
-        ``after_step(i)`` runs after the i-th update and may return True to stop early.
+        ``after_step(i)`` runs after the i-th update and may return True to stop early. Without ``steps`` and
+        ``after_step`` (meta-training) the task trains for ``steps_for(task)`` updates with ``patience``.
         """
         if task.head is not None:
             model.select(task.head)  # its own output layer; later scoring (error_on) uses the same head
+        if steps is None and after_step is None and self.patience is not None and task.x_val is not None:
+            after_step = self._early_stop(model, task)
         model.train()
         opt = self.optimizer(model.parameters())
         errors: list[float] = []
-        for i, (x, y) in enumerate(task.batches(steps or self.steps, self.batch_size, generator)):
+        for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
             loss, err = train_step(model, opt, x, y, forward, task.name, i)
             errors.append(err)
             if hook is not None:
@@ -83,6 +103,20 @@ class Inner:
             if after_step is not None and after_step(i):
                 break
         return errors
+
+    def _early_stop(self, model: nn.Module, task: Task) -> Callable[[int], bool]:
+        """Stop after ``patience`` epochs without a new best validation error."""
+        per_epoch, state = self.epoch_steps(task), {"best": float("inf"), "bad": 0}
+
+        def after_step(i: int) -> bool:
+            if (i + 1) % per_epoch:
+                return False
+            err = error_on(model, task.x_val, task.y_val)
+            state["bad"] = 0 if err < state["best"] else state["bad"] + 1
+            state["best"] = min(state["best"], err)
+            return state["bad"] >= self.patience
+
+        return after_step
 
 
 def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: Forward, task: str, step: int) -> tuple[float, float]:
@@ -101,10 +135,10 @@ def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: 
 
 
 @torch.no_grad()
-def error_on(model: nn.Module, x: Tensor, y: Tensor, forward: Forward = default_forward) -> float:
-    """Classification error (0-1) in eval mode, i.e. with BatchNorm running statistics."""
+def error_on(model: nn.Module, x: Tensor, y: Tensor, forward: Forward = default_forward, chunk: int = 1000) -> float:
+    """Classification error (0-1) in eval mode, i.e. with BatchNorm running statistics; ``chunk`` images at a time."""
     was_training = model.training
     model.eval()
-    err = (forward(model, x).argmax(1) != y).float().mean().item()
+    wrong = sum(int((forward(model, x[i:i + chunk]).argmax(1) != y[i:i + chunk]).sum()) for i in range(0, len(y), chunk))
     model.train(was_training)
-    return err
+    return wrong / max(len(y), 1)

@@ -34,7 +34,7 @@ from .logging import NullLogger, atomic_open, write_json
 from .methods.base import InitializationLearner, MetaLearner
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
-NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths")
+NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths", "cell", "run_name")
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
@@ -259,7 +259,7 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
         start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
-        model = build(cfg.model)
+        model = build(cfg.model, **getattr(data, "model_kwargs", {}))  # e.g. Multi-CV's heads
         learner.setup(model, inner, len(data.pretrain))
 
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -364,7 +364,7 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
     if distributed.is_main():
         write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
-        "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name,
+        "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name, "cell": cfg.cell,
         "num_pretrain": len(data.pretrain), "seed": cfg.seed,
         "test": {k: test[k] for k in ("error", "auc", "train_error")}
         | {"error_per_task": [round(x["error"], 2) for x in test["tasks"]], "tasks": [x["name"] for x in test["tasks"]]},

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..tasks import Task
 
 DATASETS = ("facescrub", "notmnist", "mnist", "fashionmnist", "cifar10", "svhn", "cifar100", "gtsrb")
 NUM_CLASSES = {"notmnist": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10, "svhn": 10, "cifar100": 100,
@@ -340,3 +341,56 @@ def _torchvision(name: str, root: Path, fetch) -> None:
 
 _LOADERS = {"mnist": _mnist, "fashionmnist": _mnist, "notmnist": _notmnist, "cifar10": _cifar, "cifar100": _cifar,
             "svhn": _svhn, "gtsrb": _gtsrb, "facescrub": _facescrub}
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+class MultiCV:
+    """Leave-one-dataset-out Multi-CV (paper App. E): every dataset but ``heldout`` is a pretraining task.
+
+    Each task is a whole dataset with its own head (``Task.head`` = its name) on the shared body; ``heads``
+    maps every dataset to its class count, for ``models.MultiHeadConvNet``. A task's validation images are
+    ``val_fraction`` of its training split (drawn with ``split_seed``): pretraining tasks stop early on them,
+    and so does the held-out task, whose reported error is on its official test split.
+
+    ``max_train``/``max_test`` keep a random subset of each split (drawn before the validation split; the
+    ``small`` preset), ``None`` keeps everything. No augmentation.
+    """
+
+    def __init__(self, root: str, heldout: str, datasets: list[str] | tuple[str, ...] = DATASETS,
+                 val_fraction: float = 0.1, max_train: int | None = None, max_test: int | None = None,
+                 split_seed: int = 0, download: bool = False) -> None:
+        datasets = list(datasets)
+        unknown = [d for d in datasets + [heldout] if d not in DATASETS]
+        if unknown:
+            raise ConfigError(f"Unknown Multi-CV dataset {unknown[0]!r}; valid names: {', '.join(DATASETS)}")
+        if heldout not in datasets:
+            raise ConfigError(f"heldout={heldout!r} is not among data.datasets ({', '.join(datasets)}).")
+        if len(set(datasets)) != len(datasets) or len(datasets) < 2:
+            raise ConfigError(f"data.datasets={datasets} must name at least two distinct datasets.")
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1.")
+        arrays = {d: load_arrays(d, root, download) for d in datasets}  # every one, or a clear error now
+        self.heads = {d: a.num_classes for d, a in arrays.items()}
+        self.heldout = heldout
+        self.pretrain = [self._task(arrays[d], i, val_fraction, max_train, max_test, split_seed)
+                         for i, d in enumerate(d for d in datasets if d != heldout)]
+        self.val: list[Task] = []  # no validation datasets: leave-one-out uses all of them
+        self.test = [self._task(arrays[heldout], -1, val_fraction, max_train, max_test, split_seed)]
+
+    @property
+    def model_kwargs(self) -> dict:
+        """What the model needs from the data: one head per dataset (the runner passes it on)."""
+        return {"heads": dict(self.heads)}
+
+    @staticmethod
+    def _task(a: Arrays, task_id: int, val_fraction: float, max_train: int | None, max_test: int | None,
+              seed: int) -> Task:
+        rng = np.random.RandomState(seed)
+        tr = rng.permutation(len(a.y_train))[:max_train]
+        te = np.sort(rng.permutation(len(a.y_test))[:max_test])
+        n_val = max(1, int(round(val_fraction * len(tr))))
+        val, tr = np.sort(tr[:n_val]), np.sort(tr[n_val:])
+        x, y = lambda arr, idx: normalize(arr[idx], a.name), lambda arr, idx: torch.from_numpy(arr[idx])
+        return Task(name=a.name, x_train=x(a.x_train, tr), y_train=y(a.y_train, tr),
+                    x_heldout=x(a.x_test, te), y_heldout=y(a.y_test, te), task_id=task_id, head=a.name,
+                    x_val=x(a.x_train, val), y_val=y(a.y_train, val))

@@ -116,8 +116,14 @@ class InitializationLearner(MetaLearner):
             raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
         self.meta_optimizer, self.scope, self.batched = meta_optimizer, scope, batched
 
+    fixed_length = False  # the method reads a task's last step by its index (Reptile, FOMAML)
+
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
+        if (self.fixed_length or self.batched) and getattr(inner, "epochs", False):
+            what = "method.batched=true" if self.batched else f"method={self.name}"
+            raise ConfigError(f"{what} needs every task to train for exactly inner.steps updates; "
+                              "it cannot run with inner.epochs=true (Multi-CV). Use method=leap there.")
         self.work = copy.deepcopy(model)  # the task learner; self.model holds theta^0
         self.params = self._scoped(self.model)
         if not self.params:

@@ -10,6 +10,8 @@ from .base import Flat, InitializationLearner
 
 
 class FOMAML(InitializationLearner):
+    fixed_length = True
+
     def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
         if step == self.inner.steps - 1:
             state["grad"] = grads()

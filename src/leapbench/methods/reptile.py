@@ -14,6 +14,8 @@ from .base import Flat, InitializationLearner
 
 
 class Reptile(InitializationLearner):
+    fixed_length = True
+
     def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False,
                  scope: str | None = None, batched: bool = False) -> None:
         super().__init__(name, meta_optimizer, scope, batched)
