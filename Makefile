@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot bench sync-wandb clean
+.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv bench sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -29,8 +29,9 @@ test-fast: $(STAMP) ## Set up, then run the tests not marked slow
 quickstart: $(STAMP) ## Set up, then meta-train Leap on Omniglot (scale=small) and test it on held-out alphabets
 	$(BIN)/python run.py experiment=omniglot method=leap scale=small
 
-smoke: $(STAMP) ## Seconds-long run of every method on Omniglot
+smoke: $(STAMP) ## Seconds-long run of every method on Omniglot and Multi-CV
 	$(BIN)/python run.py -m experiment=omniglot method=leap,leap_paper,reptile,fomaml,finetune,finetune_single,scratch scale=smoke progress=false
+	$(BIN)/python run.py -m experiment=multicv method=leap,finetune,scratch scale=smoke progress=false
 
 protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 35 min on 2 cores)
 	$(BIN)/python scripts/protocol_study.py
@@ -50,6 +51,17 @@ reproduce-omniglot: $(STAMP) ## The paper's Table 1 grid (960 runs; add ARGS=lau
 	$(BIN)/python run.py +sweep=omniglot_paper $(ARGS)
 	$(BIN)/python scripts/aggregate_omniglot.py --scale paper --collect runs
 	$(BIN)/python scripts/make_figures_omniglot.py --scale paper
+
+table2: $(STAMP) ## Table 2 (Multi-CV) beside the paper's from the committed results (results/multicv/small/), seconds
+	$(BIN)/python scripts/aggregate_multicv.py --scale small
+
+reproduce-multicv-small: $(STAMP) ## The reduced Table 2 (6 held-out datasets x 3 methods x 3 seeds, ~1.5 h on 2 cores), then the table
+	$(BIN)/python run.py +sweep=multicv_small
+	$(BIN)/python scripts/aggregate_multicv.py --scale small --collect runs
+
+reproduce-multicv: $(STAMP) ## The paper's Table 2 (8 x 3 x 3 runs at scale=paper; needs SVHN and CIFAR-100; ARGS=launcher=slurm)
+	$(BIN)/python run.py +sweep=multicv_paper $(ARGS)
+	$(BIN)/python scripts/aggregate_multicv.py --scale paper --collect runs
 
 bench: $(STAMP) ## Benchmarks (about 5 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling
 	$(BIN)/python scripts/bench_leap.py

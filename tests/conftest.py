@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,24 @@ def write_fake_omniglot(root: Path, alphabets: int = 4, chars: int = 20, drawers
 @pytest.fixture(scope="session")
 def fake_root(tmp_path_factory) -> Path:
     return write_fake_omniglot(tmp_path_factory.mktemp("fake"))
+
+
+def script(*args: str) -> str:
+    """Run a repository script as a user would; fail the test with its stderr if it fails."""
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def notebook_outputs(name: str, results: Path, scale: str, monkeypatch) -> list:
+    """Execute ``notebooks/<name>`` top to bottom on ``results`` at ``scale``; return every cell output."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("LEAP_RESULTS", str(results))
+    monkeypatch.setenv("LEAP_SCALE", scale)
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs

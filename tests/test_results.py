@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, make_cfg
+from conftest import ROOT, make_cfg, notebook_outputs, script
 from leapbench.results import mean_std
 from leapbench.runner import run
 
@@ -26,12 +24,6 @@ def runs(fake_root, tmp_path_factory):
     run(make_cfg("method=leap", "scale=smoke", *SPLIT, "data.num_pretrain=1", "tag=-variant",
                  "inner.optimizer.lr=0.05", tmp_path=tmp, data_root=fake_root))
     return tmp / "runs"
-
-
-def script(*args):
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def test_aggregate_and_figures(runs, tmp_path):
@@ -62,18 +54,10 @@ def test_aggregate_and_figures(runs, tmp_path):
 
 def test_notebook_runs_on_fixture(runs, tmp_path, monkeypatch):
     """The Table 1 / Fig. 2 notebook executes top to bottom against a results folder of smoke runs."""
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
     script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
-    monkeypatch.setenv("LEAP_RESULTS", str(results))
-    monkeypatch.setenv("LEAP_SCALE", "smoke")
-    nb = nbformat.read(ROOT / "notebooks" / "omniglot_table1_fig2.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = notebook_outputs("omniglot_table1_fig2.ipynb", results, "smoke", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 2 drawn
     assert any("(paper 8.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # Table 1 beside the paper
