@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv bench sync-wandb clean
+.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -29,9 +29,10 @@ test-fast: $(STAMP) ## Set up, then run the tests not marked slow
 quickstart: $(STAMP) ## Set up, then meta-train Leap on Omniglot (scale=small) and test it on held-out alphabets
 	$(BIN)/python run.py experiment=omniglot method=leap scale=small
 
-smoke: $(STAMP) ## Seconds-long run of every method on Omniglot and Multi-CV
+smoke: $(STAMP) ## Seconds-long run of every method on Omniglot, Multi-CV and Atari
 	$(BIN)/python run.py -m experiment=omniglot method=leap,leap_paper,reptile,fomaml,finetune,finetune_single,scratch scale=smoke progress=false
 	$(BIN)/python run.py -m experiment=multicv method=leap,finetune,scratch scale=smoke progress=false
+	$(BIN)/python run.py -m experiment=atari method=leap,reptile,scratch scale=smoke progress=false
 
 protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 35 min on 2 cores)
 	$(BIN)/python scripts/protocol_study.py
@@ -63,9 +64,21 @@ reproduce-multicv: $(STAMP) ## The paper's Table 2 (8 x 3 x 3 runs at scale=pape
 	$(BIN)/python run.py +sweep=multicv_paper $(ARGS)
 	$(BIN)/python scripts/aggregate_multicv.py --scale paper --collect runs
 
-bench: $(STAMP) ## Benchmarks (about 5 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling
+fig3: $(STAMP) ## Fig. 3 (Atari) from the committed results (results/atari/small/), seconds
+	$(BIN)/python scripts/make_figure_atari.py --scale small
+
+reproduce-atari-small: $(STAMP) ## The reduced Fig. 3 (Leap and random init, 2 seeds, ~2 h on 2 cores), then the figure
+	$(BIN)/python run.py +sweep=atari_small
+	$(BIN)/python scripts/make_figure_atari.py --scale small --collect runs
+
+reproduce-atari: $(STAMP) ## Fig. 3 at the paper's scale (weeks of CPU; ARGS=launcher=slurm, or torchrun per run)
+	$(BIN)/python run.py +sweep=atari_paper $(ARGS)
+	$(BIN)/python scripts/make_figure_atari.py --scale paper --collect runs
+
+bench: $(STAMP) ## Benchmarks (about 6 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling, Atari frames/s
 	$(BIN)/python scripts/bench_leap.py
 	$(BIN)/python scripts/bench_distributed.py
+	$(BIN)/python scripts/bench_atari.py --threads 2 --seconds 30
 
 sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
 	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync

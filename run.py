@@ -21,8 +21,9 @@ def main(cfg: DictConfig) -> None:
     try:
         s = run(cfg, overrides=list(HydraConfig.get().overrides.task))
         if distributed.is_main():
-            print(f"[leapbench] {s['method']}: test error {s['test']['error']:.1f} %, AUC {s['test']['auc']:.1f} "
-                  f"on {len(s['test']['tasks'])} held-out tasks -> {cfg.run_dir}/summary.json")
+            scores = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in s["test"].items() if isinstance(v, float))
+            print(f"[leapbench] {s['method']}: test {scores} on {len(s['test']['tasks'])} test tasks "
+                  f"-> {cfg.run_dir}/summary.json")
     except LeapError as e:
         print(f"error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

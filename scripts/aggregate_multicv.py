@@ -7,7 +7,6 @@ Writes results/multicv/<scale>/{table2.csv,table2.md}. Reads local files only (n
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.data.multicv import DATASETS  # noqa: E402
-from leapbench.results import export_run, load_summaries, mean_std  # noqa: E402
+from leapbench.results import export_run, mean_std, script_summaries  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["leap", "finetune", "scratch"]
@@ -118,19 +117,8 @@ def write_tables(summaries: list[dict], out: Path, scale: str, results: Path) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", default="small")
-    p.add_argument("--collect", metavar="RUNS", help="export finished runs from this runs folder first")
-    p.add_argument("--results", default=str(ROOT / "results"), help="results folder")
-    args = p.parse_args()
-    results = Path(args.results)
-    out = results / "multicv" / args.scale
-    if args.collect:
-        print(f"exported {collect(Path(args.collect), out, args.scale)} finished runs", file=sys.stderr)
-    summaries = [s for s in load_summaries(out / "runs") if s.get("experiment") == "multicv"]
-    if not summaries:
-        sys.exit(f"No finished Multi-CV runs under {out / 'runs'}; run the sweep, then pass --collect runs.")
-    write_tables(summaries, out, args.scale, results)
+    args, out, summaries = script_summaries(__doc__, "multicv", collect, ROOT / "results")
+    write_tables(summaries, out, args.scale, Path(args.results))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Writes results/omniglot/<scale>/{table1.csv,fig2_auc.csv,table1.md}. Reads local
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
-from leapbench.results import export_run, load_summaries, mean_std  # noqa: E402
+from leapbench.results import export_run, mean_std, script_summaries  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["leap", "finetune", "reptile", "fomaml", "finetune_single", "scratch"]
@@ -115,17 +114,7 @@ def write_tables(summaries: list[dict], out: Path, scale: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", default="small")
-    p.add_argument("--collect", metavar="RUNS", help="export finished runs from this runs folder first")
-    p.add_argument("--results", default=str(ROOT / "results"), help="results folder")
-    args = p.parse_args()
-    out = Path(args.results) / "omniglot" / args.scale
-    if args.collect:
-        print(f"exported {collect(Path(args.collect), out, args.scale)} finished runs", file=sys.stderr)
-    summaries = [s for s in load_summaries(out / "runs") if s.get("experiment") == "omniglot"]
-    if not summaries:
-        sys.exit(f"No finished Omniglot runs under {out / 'runs'}; run the sweep, then pass --collect runs.")
+    args, out, summaries = script_summaries(__doc__, "omniglot", collect, ROOT / "results")
     write_tables(summaries, out, args.scale)
 
 

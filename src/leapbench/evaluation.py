@@ -41,6 +41,8 @@ class Adaptation:
     set (Multi-CV: at most 100 epochs, early stopping checked after every epoch).
     """
 
+    scores = ("error", "auc", "train_error")  # what ``run`` reports per task; ``evaluate`` averages them
+
     mode: str = "fixed"
     steps: int = 100
     max_steps: int = 1000
@@ -56,6 +58,9 @@ class Adaptation:
             raise ConfigError("Adaptation steps, eval_every and patience must be at least 1.")
         if self.mode == "early_stop" and self.max_steps < self.steps:
             raise ConfigError(f"Adaptation max_steps={self.max_steps} must be >= steps={self.steps}.")
+
+    def run(self, model: nn.Module, task: Task, inner: Inner, generator: torch.Generator) -> dict:
+        return adapt(model, task, inner, self, generator)
 
 
 def auc(errors: list[float] | np.ndarray) -> float:
@@ -125,8 +130,11 @@ def thin(curve: list[float], points: int = MAX_POINTS) -> list[float]:
     return [round(e, 4) for e in curve]
 
 
-def evaluate(init: nn.Module, tasks: list[Task], inner: Inner, adaptation: Adaptation, seed: int) -> dict:
+def evaluate(init: nn.Module, tasks: list, inner, adaptation, seed: int) -> dict:
     """Adapt a copy of ``init`` to each task (BatchNorm statistics reset per task) and average the scores.
+
+    ``adaptation`` is any object with ``run(model, task, inner, generator) -> dict`` and the names of the
+    ``scores`` it reports (``Adaptation`` here; Atari's ``rl.a2c.Training`` trains agents instead).
 
     ``seed`` fixes batches and augmentation, so every method sees the same data in the same order.
     """
@@ -136,14 +144,11 @@ def evaluate(init: nn.Module, tasks: list[Task], inner: Inner, adaptation: Adapt
         model.load_state_dict(init.state_dict())
         reset_batchnorm(model)
         generator = torch.Generator().manual_seed(1000 * seed + k)  # per task: independent of other tasks' lengths
-        results[k] = adapt(model, tasks[k], inner, adaptation, generator)
+        results[k] = adaptation.run(model, tasks[k], inner, generator)
     results = distributed.gather(results)
     per_task = [results[k] for k in range(len(tasks))]
     n = min(len(t["curve"]) for t in per_task)
-    return {
-        "error": float(np.mean([t["error"] for t in per_task])),
-        "auc": float(np.mean([t["auc"] for t in per_task])),
-        "train_error": float(np.mean([t["train_error"] for t in per_task])),
+    return {k: float(np.mean([t[k] for t in per_task])) for k in adaptation.scores} | {
         "curve": np.mean([t["curve"][:n] for t in per_task], axis=0).round(4).tolist(),
         "tasks": per_task,
     }

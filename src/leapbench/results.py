@@ -2,14 +2,18 @@
 
 An exported run is a folder with ``summary.json`` (scores and provenance: command, commit, seed),
 ``config.yaml`` (the resolved config, with this machine's paths replaced by their defaults) and
-``curves.json`` (validation curves by meta-step, the mean test curve and the meta-training loss).
+``curves.json`` (validation curves by meta-step, the mean test curve and the meta-training loss; for Atari
+also every test episode's frames and score).
 Nothing here needs W&B or the network.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import OmegaConf
 
@@ -44,6 +48,10 @@ def export_run(run_dir: Path, dest: Path) -> dict | None:
         "test": next((r["curve"] for r in rows if r["split"] == "test"), []),
         "train": [[r["meta_step"], r["loss"], r["error"]] for r in rows if r["split"] == "train"],
     }
+    evaluation = run_dir / "eval_test.json"
+    tasks = json.loads(evaluation.read_text())["tasks"] if evaluation.exists() else []
+    if tasks and "episodes" in tasks[0]:  # Atari: every episode's (frames, score) per test game, for Fig. 3
+        curves["episodes"] = {t["name"]: t["episodes"] for t in tasks}
     dest.mkdir(parents=True, exist_ok=True)
     write_json(dest / "summary.json", summary)
     write_json(dest / "curves.json", curves)
@@ -67,3 +75,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     m = sum(values) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return m, sd
+
+
+def script_summaries(doc: str, experiment: str, collect: Callable[[Path, Path, str], int], default_results: Path):
+    """The command line shared by the table and figure scripts: ``--scale``, ``--collect RUNS``, ``--results``.
+
+    Exports finished runs first when asked, then returns ``(args, base, summaries)`` with ``base`` =
+    ``<results>/<experiment>/<scale>``; exits with a message when there is nothing to read.
+    """
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", default="small")
+    p.add_argument("--collect", metavar="RUNS", help="export finished runs from this runs folder first")
+    p.add_argument("--results", default=str(default_results), help="results folder")
+    args = p.parse_args()
+    base = Path(args.results) / experiment / args.scale
+    if args.collect:
+        print(f"exported {collect(Path(args.collect), base, args.scale)} finished runs", file=sys.stderr)
+    summaries = [s for s in load_summaries(base / "runs") if s.get("experiment") == experiment]
+    if not summaries:
+        sys.exit(f"No finished {experiment} runs under {base / 'runs'}; run the sweep, then pass --collect runs.")
+    return args, base, summaries

@@ -359,15 +359,16 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         checkpoint.save(run_dir, init.state_dict(), name="init.pt")  # the tested initialization
     with where("Test evaluation"):
         test = evaluate(init, data.test, inner, test_adapt, test_seed)
-    logger.log({"meta_step": step, "split": "test", "error": test["error"], "auc": test["auc"],
-                "train_error": test["train_error"], "curve": test["curve"]})
+    scores = test_adapt.scores  # Omniglot, Multi-CV: error, auc, train_error; Atari: returns
+    logger.log({"meta_step": step, "split": "test", **{k: test[k] for k in scores}, "curve": test["curve"]})
     if distributed.is_main():
         write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
         "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name, "cell": cfg.cell,
         "num_pretrain": len(data.pretrain), "seed": cfg.seed,
-        "test": {k: test[k] for k in ("error", "auc", "train_error")}
-        | {"error_per_task": [round(x["error"], 2) for x in test["tasks"]], "tasks": [x["name"] for x in test["tasks"]]},
+        "test": {k: test[k] for k in scores}
+        | {f"{scores[0]}_per_task": [round(x[scores[0]], 2) for x in test["tasks"]],
+           "tasks": [x["name"] for x in test["tasks"]]},
         "val_best": None if best is None else {k: best[k] for k in ("meta_step", "error", "auc")},
         "meta_steps_done": step, "stopped_early": state["stopped"],
         "mean_adapt_steps": float(np.mean([x["steps"] for x in test["tasks"]])),
