@@ -78,7 +78,8 @@ reproduce-atari: $(STAMP) ## Fig. 3 at the paper's scale (weeks of CPU; ARGS=lau
 bench: $(STAMP) ## Benchmarks (about 6 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling, Atari frames/s
 	$(BIN)/python scripts/bench_leap.py
 	$(BIN)/python scripts/bench_distributed.py
-	$(BIN)/python scripts/bench_atari.py --threads 2 --seconds 30
+	$(BIN)/python scripts/bench_atari.py --threads 1 --seconds 30
+	$(BIN)/python scripts/bench_atari.py --threads 2 --seconds 30 --out results/bench/atari_2threads.json
 
 sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
 	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync
