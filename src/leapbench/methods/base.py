@@ -121,9 +121,10 @@ class InitializationLearner(MetaLearner):
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
         if (self.fixed_length or self.batched) and getattr(inner, "epochs", False):
-            what = "method.batched=true" if self.batched else f"method={self.name}"
+            what, fix = (("method.batched=true", "set method.batched=false") if self.batched
+                         else (f"method={self.name}", "use method=leap there"))
             raise ConfigError(f"{what} needs every task to train for exactly inner.steps updates; "
-                              "it cannot run with inner.epochs=true (Multi-CV). Use method=leap there.")
+                              f"it cannot run with inner.epochs=true (Multi-CV): {fix}.")
         self.work = copy.deepcopy(model)  # the task learner; self.model holds theta^0
         self.params = self._scoped(self.model)
         if not self.params:
