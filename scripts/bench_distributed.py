@@ -4,7 +4,10 @@ The same code path as ``torchrun --nproc_per_node=N run.py ...``: ``Leap.meta_st
 the ranks and all-reduces the meta-gradient once per meta-step. Measured in one run, on this machine:
 
 * one process with 1 thread, and with every core as torch threads (the best single process);
-* N ranks of one thread each (``--ranks``, default 2).
+* N ranks of one thread each (``--ranks``, default 2; several values measure a scaling curve).
+
+The configurations run in interleaved rounds (``--rounds``), so a drift in machine speed hits all alike;
+each figure is total task-steps over total time across its rounds.
 
 Model and tasks as in ``bench_leap.py`` (Conv4, 64 filters, batch 20, random Omniglot-shaped images).
 Prints a table and writes ``--out`` (JSON).
@@ -59,11 +62,20 @@ def launch(ranks: int, threads: int, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure(ranks: int, threads: int, args: argparse.Namespace, runs: list[dict]) -> dict:
+    """Pool the rounds of one configuration: total task-steps over total seconds."""
+    seconds = sum(r["seconds"] for r in runs)
+    return {"ranks": ranks, "threads": threads, "rounds": len(runs), "seconds": seconds,
+            "task_steps_per_s": len(runs) * args.meta_steps * args.tasks * args.steps / seconds,
+            "per_round": [r["task_steps_per_s"] for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2], help="rank counts to measure (one thread each)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every configuration")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step (a multiple of --ranks)")
     ap.add_argument("--steps", type=int, default=50, help="inner steps per task")
     ap.add_argument("--meta-steps", type=int, default=3)
@@ -72,19 +84,32 @@ def main() -> None:
     if args.worker:
         return worker(args)
     cores = os.cpu_count() or 1
-    one = launch(1, 1, args)
-    best = launch(1, cores, args)
-    many = launch(args.ranks, 1, args)
+    if any(args.tasks % n for n in args.ranks):
+        ap.error(f"--tasks {args.tasks} must be a multiple of every --ranks value {args.ranks}")
+    configs = [(1, 1), (1, cores)] + [(n, 1) for n in args.ranks]
+    runs: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
+    for _ in range(args.rounds):
+        for ranks, threads in configs:
+            runs[(ranks, threads)].append(launch(ranks, threads, args))
+    one, best = measure(1, 1, args, runs[(1, 1)]), measure(1, cores, args, runs[(1, cores)])
     single = max(one["task_steps_per_s"], best["task_steps_per_s"])
     res = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "cores": cores, "torch": torch.__version__, "tasks": args.tasks, "steps": args.steps,
-           "meta_steps": args.meta_steps, "one_process_1_thread": one, f"one_process_{cores}_threads": best,
-           f"{args.ranks}_ranks_1_thread": many, "scaling_vs_best_single": many["task_steps_per_s"] / single}
-    print(f"Leap meta-training, {args.tasks} tasks x {args.steps} steps per meta-step, {args.meta_steps} meta-steps")
+           "meta_steps": args.meta_steps, "rounds": args.rounds, "one_process_1_thread": one,
+           f"one_process_{cores}_threads": best,
+           # With perfect scaling, N single-thread ranks reach N x (1 thread); this is that over the best single.
+           "ideal_scaling_vs_best_single": {n: n * one["task_steps_per_s"] / single for n in args.ranks}}
+    print(f"Leap meta-training, {args.tasks} tasks x {args.steps} steps per meta-step, {args.meta_steps} meta-steps, "
+          f"{args.rounds} interleaved rounds")
     print(f"  1 process, 1 thread        {one['task_steps_per_s']:6.1f} task-steps/s")
-    print(f"  1 process, {cores} threads       {best['task_steps_per_s']:6.1f} task-steps/s")
-    print(f"  {args.ranks} ranks, 1 thread each     {many['task_steps_per_s']:6.1f} task-steps/s"
-          f"  -> {res['scaling_vs_best_single']:.2f}x the best single process")
+    print(f"  1 process, {cores} threads{' ' * (7 - len(str(cores)))}{best['task_steps_per_s']:6.1f} task-steps/s")
+    for n in args.ranks:
+        many = measure(n, 1, args, runs[(n, 1)])
+        res[f"{n}_ranks_1_thread"] = many
+        res[f"scaling_vs_best_single_{n}_ranks"] = many["task_steps_per_s"] / single
+        print(f"  {n} ranks, 1 thread each{' ' * (5 - len(str(n)))}{many['task_steps_per_s']:6.1f} task-steps/s  -> "
+              f"{many['task_steps_per_s'] / single:.2f}x the best single process (perfect scaling: "
+              f"{res['ideal_scaling_vs_best_single'][n]:.2f}x)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, res)
 

@@ -7,7 +7,12 @@
    every inner step and builds the increment parameter by parameter; NCHW; default threads), same model,
    same data, interleaved.
 
-3. **Batched task training** (``method.batched=true``) against the sequential loop, meta-step throughput.
+3. **Batched task training** (``method.batched=true``) against the sequential loop, meta-step throughput, for
+   one or more meta-batch sizes (``--batched-tasks``); and, in float64, the relative difference between the
+   two paths' meta-steps from the same theta^0 (float32 differences are amplified by ties in max-pooling on
+   binary images, so only float64 shows that the paths compute the same thing on the device).
+
+``--device cuda`` runs all three on a GPU (model and images on the device); the project's runner trains on CPU.
 
 The model is the paper's Conv4 (64 filters, 28x28, 20-way, batch 20, SGD lr 0.1). Images are random tensors
 of Omniglot's shape: the cost of a step does not depend on pixel values, so no dataset is needed.
@@ -34,16 +39,20 @@ from leapbench.models import ConvNet
 from leapbench.tasks import Task
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
 def omniglot_task(seed: int) -> Task:
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(400, 1, 28, 28, generator=g) > 0.8).float()  # 20 classes x 20 images, binary like Omniglot
-    y = torch.arange(400) % 20
+    x, y = x.to(DEVICE), (torch.arange(400) % 20).to(DEVICE)
     return Task(f"task{seed}", x[:300], y[:300], x[300:], y[300:])
 
 
 def model(channels_last: bool = True) -> ConvNet:
     torch.manual_seed(0)
-    return ConvNet(in_channels=1, num_classes=20, filters=64, layers=4, image_size=28, channels_last=channels_last)
+    net = ConvNet(in_channels=1, num_classes=20, filters=64, layers=4, image_size=28, channels_last=channels_last)
+    return net.to(DEVICE)
 
 
 # ------------------------------------------------------------------------------------------ 1. overhead
@@ -195,34 +204,61 @@ def batched_vs_sequential(tasks_per_step: int, steps: int, reps: int) -> dict:
             "batched_vs_sequential": sum(times[False]) / sum(times[True])}
 
 
+def batched_equals_sequential(tasks_per_step: int = 3, steps: int = 5) -> float:
+    """One float64 meta-step of each path from the same theta^0: ||batched - sequential|| / ||step||."""
+    tasks = [omniglot_task(s) for s in range(tasks_per_step)]
+    for t in tasks:
+        t.x_train = t.x_train.double()
+    inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
+    after = []
+    for batched in (False, True):
+        learner = Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=batched)
+        learner.setup(model().double(), inner, tasks_per_step)
+        theta0 = flat_params(learner.params)
+        learner.meta_step(tasks, torch.Generator().manual_seed(0))
+        after.append(flat_params(learner.params))
+    return float((after[1] - after[0]).norm() / (after[0] - theta0).norm())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=100, help="inner steps per task (the paper's 100)")
     ap.add_argument("--reps", type=int, default=8, help="interleaved repetitions")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step in the comparison with the reference")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to measure on a GPU")
+    ap.add_argument("--batched-tasks", type=int, nargs="+", default=None,
+                    help="meta-batch sizes for the batched comparison (default: --tasks)")
+    ap.add_argument("--batched-steps", type=int, default=None, help="inner steps there (default: --steps / 2)")
     ap.add_argument("--out", type=Path, default=Path("results/bench/leap.json"))
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = {
         "command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "overhead": overhead(args.steps, args.reps),
         "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 2)),
-        "batched": batched_vs_sequential(args.tasks, args.steps // 2, 2),
+        "batched": [batched_vs_sequential(n, args.batched_steps or args.steps // 2, 2)
+                    for n in args.batched_tasks or [args.tasks]],
+        "batched_relative_difference_float64": batched_equals_sequential(),
     }
     o, r = res["overhead"], res["reference"]
-    print(f"threads {res['threads']}, Conv4 64 filters, batch 20, {args.steps} steps per task")
+    print(f"{res['device']}, threads {res['threads']}, Conv4 64 filters, batch 20, {args.steps} steps per task")
     print(f"  inner loop alone       {o['plain_task_steps_per_s']:7.1f} task-steps/s")
     print(f"  inner loop + Leap      {o['leap_task_steps_per_s']:7.1f} task-steps/s")
     print(f"  Leap overhead          {o['overhead_pct_median_of_paired_ratios']:+7.2f} % (median of paired ratios); "
           f"accumulator's own time {o['hook_share_pct']:.2f} % ({o['hook_ms_per_step']:.3f} ms/step)")
     print(f"  reference approach     {r['reference_task_steps_per_s']:7.1f} task-steps/s (state-dict clone, NCHW)")
     print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x")
-    b = res["batched"]
-    print(f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
-          f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x")
+    for b in res["batched"]:
+        print(f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
+              f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x "
+              f"({b['tasks_per_meta_step']} tasks of {b['steps_per_task']} steps)")
+    print(f"  batched = sequential   relative difference {res['batched_relative_difference_float64']:.1e} (float64)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, res)
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
@@ -84,6 +85,9 @@ def test_unknown_target_is_an_error():
     ("data.augment=flip", "data.augment"),
     ("eval.mode=forever", "adaptation mode"),
     ("train.val_metric=loss", "val_metric"),
+    ("device=tpu", "device='tpu' must be cpu, cuda or cuda:N"),
+    pytest.param("device=cuda", "sees no CUDA GPU; run with device=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
 ])
 def test_bad_values_fail_before_any_work(override, match, fake_root, tmp_path):
     cfg = make_cfg("method=leap", "scale=smoke", *FAKE, override, tmp_path=tmp_path, data_root=fake_root)

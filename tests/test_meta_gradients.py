@@ -29,6 +29,7 @@ class QuadraticInner:
 
     def __init__(self, lr: float, steps: int) -> None:
         self.lr, self.steps = lr, steps
+        self.sgd_lr = lr  # plain SGD that releases gradients: Leap may use its shortcut (see below)
 
     def train(self, model, task, generator, hook=None, **_):
         opt = torch.optim.SGD(model.parameters(), lr=self.lr)
@@ -49,6 +50,12 @@ def meta_step(learner, tasks, lr=0.5, steps=3):
 
 
 SGD = partial(torch.optim.SGD, lr=0.1)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["sgd-shortcut", "general"])
+def leap_path(request, monkeypatch):
+    """Every hand-computed case pins both of Leap's paths: the plain-SGD shortcut and flat copies of psi^i."""
+    monkeypatch.setattr(Leap, "shortcut", request.param)
 
 # lr 0.5, c = 1: w = 0, .5, .75 (.875 after the 3rd step); f = .5, .125, .03125; g = -1, -.5, -.25
 # lr 0.5, c = 2: w = 0, 1, 1.5 (1.75);                     f = 2, .5, .125;       g = -2, -1, -.5

@@ -141,6 +141,60 @@ def test_flat_vectors_line_up_on_channels_last_weights():
     assert conv2.grad.is_contiguous(memory_format=torch.channels_last) and not conv2.grad.is_contiguous()
 
 
+@pytest.mark.parametrize("kw", [{}, {"norm": False}, {"loss": False}, {"stabilizer": False}])
+def test_leap_sgd_shortcut_equals_the_general_path(kw, monkeypatch):
+    """Under plain SGD, the increment built from the kept gradient tensors (no copies) equals the one built
+    from flat copies of psi^i, on channels-last convs, with heads that get no gradient (a head per task)."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=6, batch_size=8)
+    a, b = toy_task(1), toy_task(2)
+    a.head, b.head = "a", "b"
+    grads = []
+    for shortcut in (True, False):
+        monkeypatch.setattr(Leap, "shortcut", shortcut)
+        torch.manual_seed(0)
+        model = MultiHeadConvNet({"a": 4, "b": 4, "c": 4}, in_channels=1, filters=4, layers=2, image_size=12)
+        leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), **kw)
+        leap.setup(model, inner, 2)
+        assert (leap.sgd_lr == 0.3) if shortcut else (leap.sgd_lr is None)
+        leap.meta_step([a, b], torch.Generator().manual_seed(7))
+        grads.append(flat_grads(leap.params))  # the mean meta-gradient the meta-optimizer stepped with
+    assert grads[0].abs().max() > 0
+    n_head = model.heads["c"].weight.numel() + 4
+    assert torch.equal(grads[0][-n_head:], torch.zeros(n_head))  # no task trained head c: no meta-gradient
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_leap_sgd_shortcut_is_off_where_the_segment_is_not_minus_lr_grad():
+    for opt in (partial(torch.optim.SGD, lr=0.3, momentum=0.9), partial(torch.optim.SGD, lr=0.3, weight_decay=1e-4),
+                partial(torch.optim.Adam, lr=0.3)):
+        leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+        leap.setup(net(), Inner(opt, steps=2, batch_size=8), 1)
+        assert leap.sgd_lr is None
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=True)  # observe() sees stacked rows there
+    leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
+    assert leap.sgd_lr is None
+
+
+def test_leap_sgd_shortcut_refuses_gradients_zeroed_in_place():
+    """The shortcut keeps the previous step's .grad tensors; an inner loop that zeroes them in place would
+    silently hand it the new gradients, so it stops instead."""
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
+    model = net()
+    leap.setup(model, Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
+    leap.theta0 = flat_params(leap.params)
+    state = leap.begin_task()
+    for step in range(2):
+        if step:
+            for p in leap.work_params:
+                p.grad.zero_()  # zero_grad(set_to_none=False)
+        F.cross_entropy(leap.work(torch.rand(8, 1, 12, 12)), torch.arange(8) % 4).backward()
+        if step:
+            with pytest.raises(RuntimeError, match="set_to_none"):
+                leap.observe(state, step, 1.0, None, None)
+        else:
+            leap.observe(state, step, 1.0, None, None)
+
+
 @pytest.mark.parametrize("make", [
     lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=b),
     lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), norm=False, batched=b),

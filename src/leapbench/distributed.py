@@ -1,8 +1,8 @@
 """Task-parallel meta-training on torch.distributed: ranks split each meta-batch and all-reduce the meta-gradient.
 
 ``torchrun --nproc_per_node=N run.py ...`` sets ``WORLD_SIZE``/``RANK``; :func:`init` joins the process group
-with gloo (the runner trains on CPU today; ``LEAP_DIST_BACKEND`` names another backend once models move to
-GPUs). In a plain process every function here is a no-op, so one code path serves both.
+with gloo on CPU and nccl on GPUs (``LEAP_DIST_BACKEND`` overrides). In a plain process every function here is
+a no-op, so one code path serves both.
 
 A failure on one rank (a diverging task, a failed write on rank 0) ends that rank; torchrun then stops the
 others, which may report the broken connection rather than the cause: read the failing rank's message.
@@ -18,10 +18,11 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
-def init(backend: str | None = None) -> None:
-    """Join the process group when launched by torchrun with more than one process."""
+def init(device: torch.device = torch.device("cpu")) -> None:
+    """Join the process group when launched by torchrun with more than one process (gloo, or nccl on GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend or os.environ.get("LEAP_DIST_BACKEND", "gloo"))
+        default = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(os.environ.get("LEAP_DIST_BACKEND", default))
 
 
 def world() -> int:
@@ -45,7 +46,12 @@ def mine(n: int) -> range:
 def sum_(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (once per meta-step: the meta-gradient and its statistics)."""
     if world() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and not t.is_cuda:  # nccl reduces GPU tensors only (the statistics)
+            buf = t.cuda()
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            t.copy_(buf)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -37,6 +37,15 @@ def optimizer_lr(factory: Callable[..., Optimizer]) -> float | None:
     return getattr(factory, "keywords", {}).get("lr")
 
 
+def plain_sgd_lr(factory: Callable[..., Optimizer]) -> float | None:
+    """The ``lr`` of an optimizer factory that is plain SGD (every update is psi - lr * grad), else None."""
+    kw = dict(getattr(factory, "keywords", {}))
+    lr = kw.pop("lr", None)
+    extra = {k: v for k, v in kw.items() if v}  # momentum=0, weight_decay=0, nesterov=False are plain SGD
+    plain = getattr(factory, "func", None) is torch.optim.SGD and not getattr(factory, "args", ()) and not extra
+    return float(lr) if plain and lr is not None else None
+
+
 class Inner:
     """Trains a model on one task: minibatches of ``batch_size`` with a fresh ``optimizer``.
 
@@ -63,6 +72,15 @@ class Inner:
             raise ConfigError(f"inner.patience={patience} needs inner.epochs=true and a value of at least 1 (or null).")
         self.optimizer, self.steps, self.batch_size = optimizer, steps, batch_size
         self.epochs, self.patience = epochs, patience
+
+    @property
+    def sgd_lr(self) -> float | None:
+        """The lr when every update between two hook calls is exactly psi <- psi - lr * grad (plain SGD), else None.
+
+        ``train_step`` releases gradients (``set_to_none``) rather than zeroing them in place, so a hook may keep
+        the previous step's ``.grad`` tensors (Leap does, see ``methods/leap.py``).
+        """
+        return plain_sgd_lr(self.optimizer)
 
     def epoch_steps(self, task: Task) -> int:
         return math.ceil(len(task.y_train) / self.batch_size)
@@ -93,9 +111,10 @@ class Inner:
             after_step = self._early_stop(model, task)
         model.train()
         opt = self.optimizer(model.parameters())
+        device = next(model.parameters()).device  # images stay on the CPU; each batch moves (a no-op there)
         errors: list[float] = []
         for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
-            loss, err = train_step(model, opt, x, y, forward, task.name, i)
+            loss, err = train_step(model, opt, x.to(device), y.to(device), forward, task.name, i)
             errors.append(err)
             if hook is not None:
                 hook(i, loss, model)
@@ -139,6 +158,8 @@ def error_on(model: nn.Module, x: Tensor, y: Tensor, forward: Forward = default_
     """Classification error (0-1) in eval mode, i.e. with BatchNorm running statistics; ``chunk`` images at a time."""
     was_training = model.training
     model.eval()
-    wrong = sum(int((forward(model, x[i:i + chunk]).argmax(1) != y[i:i + chunk]).sum()) for i in range(0, len(y), chunk))
+    device = next(model.parameters()).device
+    wrong = sum(int((forward(model, x[i:i + chunk].to(device)).argmax(1) != y[i:i + chunk].to(device)).sum())
+                for i in range(0, len(y), chunk))
     model.train(was_training)
     return wrong / max(len(y), 1)

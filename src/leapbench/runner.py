@@ -34,7 +34,7 @@ from .logging import NullLogger, atomic_open, write_json
 from .methods.base import InitializationLearner, MetaLearner
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
-NON_RESULT_KEYS = ("progress", "overwrite", "threads", "logger", "paths", "cell", "run_name")
+NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "paths", "cell", "run_name")
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
@@ -71,6 +71,22 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
     if t.on_divergence not in ("stop", "skip"):
         raise ConfigError(f"train.on_divergence={t.on_divergence!r} must be 'stop' or 'skip'.")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (under torchrun each rank takes ``cuda:LOCAL_RANK``) or ``cuda:N``; a ConfigError if unusable."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r} must be cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU; run with device=cpu, or install a CUDA "
+                          "build of PyTorch on a machine with a GPU.")
+    index = int(os.environ.get("LOCAL_RANK", "0")) if name == "cuda" else int(name.split(":", 1)[1])
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} asks for GPU {index}, but only {torch.cuda.device_count()} are visible.")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def provenance(overrides: list[str] | None) -> dict:
@@ -219,7 +235,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     alone writes the run directory and the logs.
     """
     check(cfg)
-    distributed.init()
+    device = resolve_device(str(cfg.get("device", "cpu")))
+    distributed.init(device)
     done = finished_run(cfg)
     if done is not None:
         say(f"{cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
@@ -232,6 +249,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     learner: MetaLearner = build(cfg.method)
     learner.skip_diverging = cfg.train.on_divergence == "skip"
     val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
+    if device.type != "cpu" and getattr(inner, "cpu_only", False):
+        raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
     if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):
@@ -241,7 +260,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
         # Again, under the lock (another job may have finished it); rank 0 decides for every rank.
         done = distributed.broadcast(finished_run(cfg) if distributed.is_main() else None)
-        return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt)
+        return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device)
 
 
 def say(message: str) -> None:
@@ -249,7 +268,7 @@ def say(message: str) -> None:
         print(f"[leapbench] {message}", flush=True)
 
 
-def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
+def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) -> dict:
     main = distributed.is_main()
     config_hash = checkpoint.config_hash(_result_config(cfg))
     # Rank 0 reads the checkpoint and hands it to every rank (run directories need not be shared across nodes).
@@ -259,7 +278,7 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
         start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
-        model = build(cfg.model, **getattr(data, "model_kwargs", {}))  # e.g. Multi-CV's heads
+        model = build(cfg.model, **getattr(data, "model_kwargs", {})).to(device)  # e.g. Multi-CV's heads
         learner.setup(model, inner, len(data.pretrain))
 
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -272,7 +291,7 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt) -> dict:
             say(f"resuming {cfg.run_dir} after meta-step {resume['state']['meta_step']}")
         summary = _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger, resume, config_hash)
         summary.update(status="finished", wall_time_s=round(time.time() - start, 1), **origin,
-                       world_size=distributed.world())
+                       world_size=distributed.world(), device=str(device))
         logger.summary(summary)
         if main:
             (Path(cfg.run_dir) / checkpoint.NAME).unlink(missing_ok=True)  # finished: summary.json is the record

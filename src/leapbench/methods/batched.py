@@ -30,21 +30,13 @@ if TYPE_CHECKING:
     from .base import InitializationLearner
 
 
-def plain_sgd_lr(factory) -> float:
-    """The learning rate of an inner optimizer factory that is plain SGD; a ConfigError otherwise."""
-    kw = dict(getattr(factory, "keywords", {}))
-    lr = kw.pop("lr", None)
-    extra = {k: v for k, v in kw.items() if v}  # momentum=0, weight_decay=0, nesterov=False are plain SGD
-    if getattr(factory, "func", None) is not torch.optim.SGD or lr is None or extra:
-        raise ConfigError("method.batched=true needs a plain SGD inner optimizer with an lr (no momentum or weight "
-                          f"decay); got {factory}. Set method.batched=false.")
-    return float(lr)
-
-
 def train_in_lockstep(learner: InitializationLearner, tasks: list[Task], seeds: list[int], stats: Tensor) -> Tensor:
     """Train ``tasks`` from theta^0 side by side; add their statistics to ``stats``; return the summed meta-gradient."""
     inner, n = learner.inner, len(tasks)
-    lr = plain_sgd_lr(inner.optimizer)
+    lr = inner.sgd_lr
+    if lr is None:
+        raise ConfigError("method.batched=true needs a plain SGD inner optimizer with an lr (no momentum or weight "
+                          f"decay); got {inner.optimizer}. Set method.batched=false.")
     if learner.skip_diverging:
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
     if any(t.head is not None for t in tasks):
@@ -81,7 +73,8 @@ def train_in_lockstep(learner: InitializationLearner, tasks: list[Task], seeds: 
     sums = torch.zeros(4, dtype=torch.float64)
     for step in range(inner.steps):
         batch = [next(s) for s in streams]
-        x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        x = torch.stack([b[0] for b in batch]).to(learner.theta0.device)
+        y = torch.stack([b[1] for b in batch]).to(learner.theta0.device)
         grads, (loss, logits) = step_all(params, x, y)
         losses = loss.tolist()
         for task, value in zip(tasks, losses):

@@ -61,10 +61,12 @@ class Finetune(MetaLearner):
         order = torch.arange(len(tasks)).repeat_interleave(torch.tensor(steps))
         order = order[torch.randperm(len(order), generator=generator)]
         self.model.train()
+        device = next(self.model.parameters()).device
         losses, errors = [], []
         for i, k in enumerate(order.tolist()):
             x, y = next(streams[k])
-            loss, err = train_step(self.model, self.opt, x, y, self._forward(tasks[k]), tasks[k].name, i)
+            loss, err = train_step(self.model, self.opt, x.to(device), y.to(device), self._forward(tasks[k]),
+                                   tasks[k].name, i)
             self.opt.step()
             losses.append(loss)
             errors.append(err)

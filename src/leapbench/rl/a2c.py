@@ -126,6 +126,8 @@ class A2C:
     score, frames as in the module docstring) and ``frames`` the number of frames played.
     """
 
+    cpu_only = True  # observations, returns and the model meet on the CPU (the runner refuses device=cuda)
+
     def __init__(
         self,
         optimizer: Callable[..., Optimizer],
