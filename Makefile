@@ -75,7 +75,7 @@ reproduce-atari: $(STAMP) ## Fig. 3 at the paper's scale (weeks of CPU; ARGS=lau
 	$(BIN)/python run.py +sweep=atari_paper $(ARGS)
 	$(BIN)/python scripts/make_figure_atari.py --scale paper --collect runs
 
-bench: $(STAMP) ## Benchmarks (about 6 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling, Atari frames/s
+bench: $(STAMP) ## Benchmarks (about 10 min): Leap overhead, vs the reference approach, batched tasks, 2-rank scaling, Atari frames/s
 	$(BIN)/python scripts/bench_leap.py
 	$(BIN)/python scripts/bench_distributed.py
 	$(BIN)/python scripts/bench_atari.py --threads 1 --seconds 30

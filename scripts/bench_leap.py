@@ -9,8 +9,8 @@
 
 3. **Batched task training** (``method.batched=true``) against the sequential loop, meta-step throughput, for
    one or more meta-batch sizes (``--batched-tasks``); and, in float64, the relative difference between the
-   two paths' meta-steps from the same theta^0 (float32 differences are amplified by ties in max-pooling on
-   binary images, so only float64 shows that the paths compute the same thing on the device).
+   two paths' meta-steps from the same theta^0 (in float32 the paths drift apart: other kernels and layouts
+   round differently and max-pooling ties on binary images break differently; float64 shows they agree).
 
 ``--device cuda`` runs all three on a GPU (model and images on the device); the project's runner trains on CPU.
 
