@@ -86,6 +86,7 @@ def test_unknown_target_is_an_error():
     ("eval.mode=forever", "adaptation mode"),
     ("train.val_metric=loss", "val_metric"),
     ("device=tpu", "device='tpu' must be cpu, cuda or cuda:N"),
+    ("device=cuda:x", "device='cuda:x' must be cpu, cuda or cuda:N"),
     pytest.param("device=cuda", "sees no CUDA GPU; run with device=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
 ])

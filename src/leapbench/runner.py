@@ -77,7 +77,7 @@ def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` (under torchrun each rank takes ``cuda:LOCAL_RANK``) or ``cuda:N``; a ConfigError if unusable."""
     if name == "cpu":
         return torch.device("cpu")
-    if name != "cuda" and not name.startswith("cuda:"):
+    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise ConfigError(f"device={name!r} must be cpu, cuda or cuda:N.")
     if not torch.cuda.is_available():
         raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU; run with device=cpu, or install a CUDA "
