@@ -12,7 +12,7 @@
    two paths' meta-steps from the same theta^0 (in float32 the paths drift apart: other kernels and layouts
    round differently and max-pooling ties on binary images break differently; float64 shows they agree).
 
-``--device cuda`` runs all three on a GPU (model and images on the device); the project's runner trains on CPU.
+``--device cuda`` runs all three on a GPU (model and images on the device), as ``run.py device=cuda`` trains.
 
 The model is the paper's Conv4 (64 filters, 28x28, 20-way, batch 20, SGD lr 0.1). Images are random tensors
 of Omniglot's shape: the cost of a step does not depend on pixel values, so no dataset is needed.
