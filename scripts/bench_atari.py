@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from leapbench.logging import write_json
+from leapbench.runner import bench_commit
 from leapbench.rl.a2c import A2C, ActorCritic, Game
 from leapbench.rl.atari import action_counts, make_env
 
@@ -82,7 +83,7 @@ def main() -> None:
     emu = emulator_rate(args.game, args.envs, args.threads, args.seconds)
     loop = a2c_rate(args.game, args.envs, args.threads, args.seconds)
     res = {
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + " ".join(sys.argv), "commit": bench_commit(),
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "env_threads": args.threads,

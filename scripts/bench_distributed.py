@@ -4,7 +4,9 @@ The same code path as ``torchrun --nproc_per_node=N run.py ...``: ``Leap.meta_st
 the ranks and all-reduces the meta-gradient once per meta-step. Measured in one run, on this machine:
 
 * one process with 1 thread, and with every core as torch threads (the best single process);
-* N ranks of one thread each (``--ranks``, default 2; several values measure a scaling curve).
+* N ranks of one thread each (``--ranks``, default 2; several values measure a scaling curve);
+* N independent single-thread processes at once, each with its 1/N of the tasks and no communication: the
+  most any task-parallel scheme can get from N cores here (they share memory bandwidth and caches).
 
 The configurations run in interleaved rounds (``--rounds``), so a drift in machine speed hits all alike;
 each figure is total task-steps over total time across its rounds.
@@ -30,6 +32,7 @@ from bench_leap import model, omniglot_task
 from leapbench import distributed
 from leapbench.inner import Inner
 from leapbench.logging import write_json
+from leapbench.runner import bench_commit
 from leapbench.methods.leap import Leap
 
 
@@ -42,6 +45,8 @@ def worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(0)
     leap.meta_step(tasks, g)  # warm up
     distributed.barrier()
+    if args.start_at:  # independent processes start their timed loops together
+        time.sleep(max(0.0, args.start_at - time.time()))
     t = time.perf_counter()
     for _ in range(args.meta_steps):
         leap.meta_step(tasks, g)
@@ -62,6 +67,21 @@ def launch(ranks: int, threads: int, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def launch_independent(n: int, args: argparse.Namespace) -> dict:
+    """``n`` single-thread processes with ``tasks / n`` tasks each, timed from a common start; pooled."""
+    start = time.time() + 20 + 2 * n  # after every process has imported torch and warmed up
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", "1", "--tasks",
+           str(args.tasks // n), "--steps", str(args.steps), "--meta-steps", str(args.meta_steps),
+           "--start-at", str(start)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs) or time.time() < start:
+        raise RuntimeError("an independent worker failed or finished before the common start")
+    seconds = max(o["seconds"] for o in outs)
+    return {"task_steps_per_s": args.meta_steps * args.tasks * args.steps / seconds, "seconds": seconds}
+
+
 def measure(ranks: int, threads: int, args: argparse.Namespace, runs: list[dict]) -> dict:
     """Pool the rounds of one configuration: total task-steps over total seconds."""
     seconds = sum(r["seconds"] for r in runs)
@@ -74,8 +94,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ranks", type=int, nargs="+", default=[2], help="rank counts to measure (one thread each)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every configuration")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every configuration")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step (a multiple of --ranks)")
     ap.add_argument("--steps", type=int, default=50, help="inner steps per task")
     ap.add_argument("--meta-steps", type=int, default=3)
@@ -86,14 +107,15 @@ def main() -> None:
     cores = os.cpu_count() or 1
     if any(args.tasks % n for n in args.ranks):
         ap.error(f"--tasks {args.tasks} must be a multiple of every --ranks value {args.ranks}")
-    configs = [(1, 1), (1, cores)] + [(n, 1) for n in args.ranks]
+    configs = [(1, 1), (1, cores)] + [(n, 1) for n in args.ranks] + [(-n, 1) for n in args.ranks]
     runs: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
     for _ in range(args.rounds):
-        for ranks, threads in configs:
-            runs[(ranks, threads)].append(launch(ranks, threads, args))
+        for ranks, threads in configs:  # ranks < 0: that many independent processes
+            run = launch(ranks, threads, args) if ranks > 0 else launch_independent(-ranks, args)
+            runs[(ranks, threads)].append(run)
     one, best = measure(1, 1, args, runs[(1, 1)]), measure(1, cores, args, runs[(1, cores)])
     single = max(one["task_steps_per_s"], best["task_steps_per_s"])
-    res = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    res = {"command": "python " + " ".join(sys.argv), "commit": bench_commit(), "machine": platform.processor() or platform.machine(),
            "cores": cores, "torch": torch.__version__, "tasks": args.tasks, "steps": args.steps,
            "meta_steps": args.meta_steps, "rounds": args.rounds, "one_process_1_thread": one,
            f"one_process_{cores}_threads": best,
@@ -104,12 +126,15 @@ def main() -> None:
     print(f"  1 process, 1 thread        {one['task_steps_per_s']:6.1f} task-steps/s")
     print(f"  1 process, {cores} threads{' ' * (7 - len(str(cores)))}{best['task_steps_per_s']:6.1f} task-steps/s")
     for n in args.ranks:
-        many = measure(n, 1, args, runs[(n, 1)])
-        res[f"{n}_ranks_1_thread"] = many
+        many, apart = measure(n, 1, args, runs[(n, 1)]), measure(n, 1, args, runs[(-n, 1)])
+        res[f"{n}_ranks_1_thread"], res[f"{n}_independent_processes_1_thread"] = many, apart
         res[f"scaling_vs_best_single_{n}_ranks"] = many["task_steps_per_s"] / single
+        res[f"ceiling_vs_best_single_{n}_processes"] = apart["task_steps_per_s"] / single
         print(f"  {n} ranks, 1 thread each{' ' * (5 - len(str(n)))}{many['task_steps_per_s']:6.1f} task-steps/s  -> "
               f"{many['task_steps_per_s'] / single:.2f}x the best single process (perfect scaling: "
               f"{res['ideal_scaling_vs_best_single'][n]:.2f}x)")
+        print(f"  {n} independent processes{' ' * (4 - len(str(n)))}{apart['task_steps_per_s']:6.1f} task-steps/s  -> "
+              f"{apart['task_steps_per_s'] / single:.2f}x (no communication: the ceiling on this machine)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, res)
 

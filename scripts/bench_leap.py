@@ -1,7 +1,9 @@
 """Leap's cost on the Omniglot model, measured two ways in one run (``make bench`` runs it).
 
-1. **Overhead of the accumulator**: inner-loop task-steps/s of the shared inner loop with Leap's hook against
-   the same loop with no hook, in interleaved repetitions; plus the hook's own time as a share of the loop.
+1. **Leap's overhead**: inner-loop task-steps/s of the shared inner loop with Leap against the same loop with
+   no meta-learner, interleaved step by step (with standard errors over repetitions), both as every other
+   method runs it and with its gradients in one vector cleared in place as Leap keeps them; plus the time
+   spent in Leap's own callbacks as a share of the Leap loop.
 2. **Against the reference approach**: meta-training throughput of ``Leap.meta_step`` against a
    re-implementation of the authors' approach (``leap.update`` clones the whole state dict with gradients at
    every inner step and builds the increment parameter by parameter; NCHW; default threads), same model,
@@ -21,6 +23,8 @@ Prints a table and writes ``--out`` (JSON) with the figures, the machine and the
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import platform
 import statistics
 import sys
@@ -33,7 +37,8 @@ import torch.nn.functional as F
 
 from leapbench.inner import Inner
 from leapbench.logging import write_json
-from leapbench.methods.base import flat_grads, flat_params
+from leapbench.runner import bench_commit
+from leapbench.methods.base import flat_grads, flat_params, grad_views
 from leapbench.methods.leap import Leap
 from leapbench.models import ConvNet
 from leapbench.tasks import Task
@@ -57,43 +62,66 @@ def model(channels_last: bool = True) -> ConvNet:
 
 # ------------------------------------------------------------------------------------------ 1. overhead
 def overhead(steps: int, reps: int) -> dict:
+    """The inner loop with Leap against the same loop with no meta-learner, interleaved step by step.
+
+    Three learning processes (same task, batches and start) advance one update at a time in turn, the order
+    cycling through all six permutations, so drifts in machine speed hit all alike; each rep is one task of
+    ``steps`` updates. The arms: the plain loop (what every other method runs: gradients released each step),
+    the plain loop with its gradients in one preallocated vector cleared in place (Leap's memory layout without
+    its arithmetic), and Leap. Also times Leap's own callbacks (its ``zero_grad`` and ``observe``).
+    """
     inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
-    task, net = omniglot_task(0), model()
+    task, plain, flat = omniglot_task(0), model(), model()
     leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
     leap.setup(model(), inner, 1)
     leap.theta0 = flat_params(leap.params)
+    init = {k: v.clone() for k, v in plain.state_dict().items()}
     params, grads = partial(flat_params, leap.work_params), partial(flat_grads, leap.work_params)
-    hook_time, state = [0.0], {}
+    flat_vector = torch.zeros_like(leap.theta0)
+    flat_views = grad_views(list(flat.parameters()), flat_vector)
+    own = [0.0]
 
-    def timed_hook(step, loss, m):  # what Leap does at each inner step: flatten psi^i and its gradient, add
-        t = time.perf_counter()
-        leap.observe(state, step, loss, params, grads)
-        hook_time[0] += time.perf_counter() - t
+    def timed(fn):
+        def call(*args):
+            t = time.perf_counter()
+            fn(*args)
+            own[0] += time.perf_counter() - t
+        return call
 
-    def plain() -> float:
-        t = time.perf_counter()
-        inner.train(net, task, torch.Generator().manual_seed(1))
-        return time.perf_counter() - t
+    orders = list(itertools.permutations(range(3)))
+    spent = []
+    for rep in range(reps + 1):  # the first rep warms up
+        for net in (plain, flat, leap.work):
+            net.load_state_dict(init)
+        for p, view in zip(flat.parameters(), flat_views):
+            p.grad = view
+        state = leap.begin_task()
+        hook = timed(lambda step, loss, m: leap.observe(state, step, loss, params, grads))
+        runs = [inner.updates(plain, task, torch.Generator().manual_seed(1)),
+                inner.updates(flat, task, torch.Generator().manual_seed(1), zero_grad=lambda i, f: flat_vector.zero_()),
+                inner.updates(leap.work, task, torch.Generator().manual_seed(1), hook=hook,
+                              zero_grad=timed(leap.inner_options(state)["zero_grad"]))]
+        own[0], times = 0.0, [0.0, 0.0, 0.0]
+        for i in range(steps):
+            for k in orders[i % len(orders)]:
+                t = time.perf_counter()
+                next(runs[k])
+                times[k] += time.perf_counter() - t
+        if rep:
+            spent.append(times + own)
+    total = [sum(r[k] for r in spent) for k in range(4)]
 
-    def with_leap() -> float:
-        state.clear()
-        state.update(leap.begin_task())
-        t = time.perf_counter()
-        inner.train(leap.work, task, torch.Generator().manual_seed(1), hook=timed_hook)
-        return time.perf_counter() - t
+    def versus(k: int) -> dict:
+        ratios = [r[2] / r[k] for r in spent]
+        return {"pct": 100 * (total[2] / total[k] - 1), "median_pct": 100 * (statistics.median(ratios) - 1),
+                "standard_error_pct": 100 * statistics.stdev(ratios) / math.sqrt(reps) if reps > 1 else None}
 
-    plain(), with_leap()  # warm up
-    hook_time[0] = 0.0
-    a, b = [], []
-    for _ in range(reps):  # interleaved, so drifts in machine speed hit both alike
-        a.append(plain())
-        b.append(with_leap())
     return {
         "steps_per_rep": steps, "reps": reps,
-        "plain_task_steps_per_s": steps * reps / sum(a), "leap_task_steps_per_s": steps * reps / sum(b),
-        "overhead_pct_median_of_paired_ratios": 100 * (statistics.median(y / x for x, y in zip(a, b)) - 1),
-        "hook_share_pct": 100 * hook_time[0] / sum(b),
-        "hook_ms_per_step": 1000 * hook_time[0] / (steps * reps),
+        "plain_task_steps_per_s": steps * reps / total[0], "flat_task_steps_per_s": steps * reps / total[1],
+        "leap_task_steps_per_s": steps * reps / total[2],
+        "leap_vs_plain": versus(0), "leap_vs_flat": versus(1),
+        "own_time_pct": 100 * total[3] / total[2], "own_ms_per_step": 1000 * total[3] / (steps * reps),
     }
 
 
@@ -223,7 +251,7 @@ def batched_equals_sequential(tasks_per_step: int = 3, steps: int = 5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=100, help="inner steps per task (the paper's 100)")
-    ap.add_argument("--reps", type=int, default=8, help="interleaved repetitions")
+    ap.add_argument("--reps", type=int, default=16, help="interleaved repetitions (tasks)")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step in the comparison with the reference")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to measure on a GPU")
@@ -237,21 +265,26 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = {
-        "command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+        "command": "python " + " ".join(sys.argv), "commit": bench_commit(), "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "overhead": overhead(args.steps, args.reps),
-        "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 2)),
+        "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 4)),
         "batched": [batched_vs_sequential(n, args.batched_steps or args.steps // 2, 2)
                     for n in args.batched_tasks or [args.tasks]],
         "batched_relative_difference_float64": batched_equals_sequential(),
     }
     o, r = res["overhead"], res["reference"]
     print(f"{res['device']}, threads {res['threads']}, Conv4 64 filters, batch 20, {args.steps} steps per task")
-    print(f"  inner loop alone       {o['plain_task_steps_per_s']:7.1f} task-steps/s")
+    def pct(v: dict) -> str:
+        return f"{v['pct']:+.2f} % +- {v['standard_error_pct'] or 0:.2f} (median of reps {v['median_pct']:+.2f} %)"
+
+    print(f"  inner loop alone       {o['plain_task_steps_per_s']:7.1f} task-steps/s (gradients released every step)")
+    print(f"  ... gradients in place {o['flat_task_steps_per_s']:7.1f} task-steps/s (one vector, cleared in place)")
     print(f"  inner loop + Leap      {o['leap_task_steps_per_s']:7.1f} task-steps/s")
-    print(f"  Leap overhead          {o['overhead_pct_median_of_paired_ratios']:+7.2f} % (median of paired ratios); "
-          f"accumulator's own time {o['hook_share_pct']:.2f} % ({o['hook_ms_per_step']:.3f} ms/step)")
+    print(f"  Leap against the plain loop    {pct(o['leap_vs_plain'])}; standard errors over {o['reps']} reps")
+    print(f"  Leap against in-place gradients {pct(o['leap_vs_flat'])}")
+    print(f"  Leap's own time        {o['own_time_pct']:7.2f} % ({o['own_ms_per_step']:.3f} ms/step)")
     print(f"  reference approach     {r['reference_task_steps_per_s']:7.1f} task-steps/s (state-dict clone, NCHW)")
     print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x")
     for b in res["batched"]:

@@ -29,13 +29,16 @@ class QuadraticInner:
 
     def __init__(self, lr: float, steps: int) -> None:
         self.lr, self.steps = lr, steps
-        self.sgd_lr = lr  # plain SGD that releases gradients: Leap may use its shortcut (see below)
+        self.sgd_lr = lr  # plain SGD: Leap may use its shortcut (see below)
 
-    def train(self, model, task, generator, hook=None, **_):
+    def train(self, model, task, generator, hook=None, zero_grad=None):
         opt = torch.optim.SGD(model.parameters(), lr=self.lr)
         for i in range(self.steps):
-            opt.zero_grad()
             loss = 0.5 * (model.w - task).pow(2).sum()
+            if zero_grad is None:  # cleared after the forward pass, as in inner.train_step
+                opt.zero_grad(set_to_none=True)
+            else:
+                zero_grad(i, loss.item())
             loss.backward()
             if hook is not None:
                 hook(i, loss.item(), model)
@@ -54,7 +57,8 @@ SGD = partial(torch.optim.SGD, lr=0.1)
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["sgd-shortcut", "general"])
 def leap_path(request, monkeypatch):
-    """Every hand-computed case pins both of Leap's paths: the plain-SGD shortcut and flat copies of psi^i."""
+    """Every hand-computed case pins both of Leap's paths: the plain-SGD shortcut (its own gradient vector)
+    and flat copies of psi^i."""
     monkeypatch.setattr(Leap, "shortcut", request.param)
 
 # lr 0.5, c = 1: w = 0, .5, .75 (.875 after the 3rd step); f = .5, .125, .03125; g = -1, -.5, -.25

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from leapbench.errors import ConfigError
 from leapbench.inner import Inner
-from leapbench.methods.base import flat_grads, flat_params, set_grads, task_seeds
+from leapbench.methods.base import flat_grads, flat_params, is_channels_last, set_grads, task_seeds
 from leapbench.methods.finetune import Finetune
 from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap
@@ -158,6 +158,9 @@ def test_leap_sgd_shortcut_equals_the_general_path(kw, monkeypatch):
         assert (leap.sgd_lr == 0.3) if shortcut else (leap.sgd_lr is None)
         leap.meta_step([a, b], torch.Generator().manual_seed(7))
         grads.append(flat_grads(leap.params))  # the mean meta-gradient the meta-optimizer stepped with
+        if shortcut:  # the last g_i, read through the .grad views in flat_params order, is Leap's vector
+            assert any(is_channels_last(p) for p in leap.work_params)
+            assert leap.grads.abs().sum() > 0 and torch.equal(flat_grads(leap.work_params), leap.grads)
     assert grads[0].abs().max() > 0
     n_head = model.heads["c"].weight.numel() + 4
     assert torch.equal(grads[0][-n_head:], torch.zeros(n_head))  # no task trained head c: no meta-gradient
@@ -173,26 +176,47 @@ def test_leap_sgd_shortcut_is_off_where_the_segment_is_not_minus_lr_grad():
     leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=True)  # observe() sees stacked rows there
     leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
     assert leap.sgd_lr is None
+    leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), scope="body.")  # gradients outside the scope
+    leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
+    assert leap.params and leap.sgd_lr is None
 
 
-def test_leap_sgd_shortcut_refuses_gradients_zeroed_in_place():
-    """The shortcut keeps the previous step's .grad tensors; an inner loop that zeroes them in place would
-    silently hand it the new gradients, so it stops instead."""
+def test_leap_sgd_shortcut_refuses_an_inner_loop_that_replaces_its_gradients():
+    """The shortcut reads g_i from its own vector; an inner loop that released the gradients instead of calling
+    Leap's zero_grad would leave that vector stale, so it stops instead of returning a wrong meta-gradient."""
     leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
-    model = net()
-    leap.setup(model, Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
+    leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
     leap.theta0 = flat_params(leap.params)
     state = leap.begin_task()
-    for step in range(2):
-        if step:
-            for p in leap.work_params:
-                p.grad.zero_()  # zero_grad(set_to_none=False)
-        F.cross_entropy(leap.work(torch.rand(8, 1, 12, 12)), torch.arange(8) % 4).backward()
-        if step:
-            with pytest.raises(RuntimeError, match="set_to_none"):
-                leap.observe(state, step, 1.0, None, None)
-        else:
-            leap.observe(state, step, 1.0, None, None)
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        leap.inner.train(leap.work, toy_task(1), torch.Generator(),  # without leap.inner_options(state)
+                         hook=lambda step, loss, m: leap.observe(state, step, loss, None, None))
+
+
+def test_inner_zero_grad_sees_the_loss_and_the_previous_gradient():
+    """``zero_grad(step, loss)`` runs after the forward pass and before backward: it gets this step's loss while
+    .grad still holds the previous step's gradient; clearing in place trains exactly like releasing."""
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
+    seen, hooked = [], []
+
+    def zero_grad(step: int, loss: float) -> None:
+        seen.append((step, loss, flat_grads(params) if params[0].grad is not None else None))
+        for p in params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+    model = net()
+    params = list(model.parameters())
+    inner.train(model, toy_task(1), torch.Generator().manual_seed(3), zero_grad=zero_grad,
+                hook=lambda step, loss, m: hooked.append((step, loss, flat_grads(params))))
+    assert [s[0] for s in seen] == [h[0] for h in hooked] == [0, 1, 2, 3]
+    assert [s[1] for s in seen] == [h[1] for h in hooked]
+    assert seen[0][2] is None
+    for (_, _, before), (_, _, after) in zip(seen[1:], hooked):
+        assert torch.equal(before, after) and after.abs().sum() > 0
+    released = net()
+    inner.train(released, toy_task(1), torch.Generator().manual_seed(3))
+    assert torch.equal(flat_params(params), flat_params(list(released.parameters())))
 
 
 @pytest.mark.parametrize("make", [

@@ -3,11 +3,12 @@
 Every method and the evaluation share this loop. Meta-learners observe it through ``hook``, which is
 called after ``backward()`` and before the optimizer step, so the model holds psi^i and its gradient
 grad f(psi^i; B_i) for the batch B_i that produced ``loss`` (the reference code's ``leap.update`` point).
+A meta-learner may also take over clearing the gradients (``zero_grad``, see ``train_step``).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ Forward = Callable[[nn.Module, Tensor], Tensor]
 
 class StepHook(Protocol):
     def __call__(self, step: int, loss: float, model: nn.Module) -> None: ...
+
+
+ZeroGrad = Callable[[int, float], None]  # zero_grad(step, loss): clears the gradients before this step's backward
 
 
 class DivergenceError(LeapError):
@@ -77,8 +81,8 @@ class Inner:
     def sgd_lr(self) -> float | None:
         """The lr when every update between two hook calls is exactly psi <- psi - lr * grad (plain SGD), else None.
 
-        ``train_step`` releases gradients (``set_to_none``) rather than zeroing them in place, so a hook may keep
-        the previous step's ``.grad`` tensors (Leap does, see ``methods/leap.py``).
+        Then a zero gradient is a zero update, so a meta-learner may keep the gradients in a buffer of its own
+        and clear them in place through ``zero_grad`` (Leap does, see ``methods/leap.py``).
         """
         return plain_sgd_lr(self.optimizer)
 
@@ -99,29 +103,50 @@ class Inner:
         hook: StepHook | None = None,
         after_step: Callable[[int], bool] | None = None,
         forward: Forward = default_forward,
+        zero_grad: ZeroGrad | None = None,
     ) -> list[float]:
         """Train ``model`` in place; return the per-step training error (0-1) on each batch before its update.
 
         ``after_step(i)`` runs after the i-th update and may return True to stop early. Without ``steps`` and
         ``after_step`` (meta-training) the task trains for ``steps_for(task)`` updates with ``patience``.
+        ``zero_grad``: see ``train_step``.
         """
-        if task.head is not None:
-            model.select(task.head)  # its own output layer; later scoring (error_on) uses the same head
         if steps is None and after_step is None and self.patience is not None and task.x_val is not None:
             after_step = self._early_stop(model, task)
-        model.train()
-        opt = self.optimizer(model.parameters())
-        device = next(model.parameters()).device  # images stay on the CPU; each batch moves (a no-op there)
         errors: list[float] = []
-        for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
-            loss, err = train_step(model, opt, x.to(device), y.to(device), forward, task.name, i)
+        for i, err in enumerate(self.updates(model, task, generator, steps=steps, hook=hook, forward=forward,
+                                             zero_grad=zero_grad)):
             errors.append(err)
-            if hook is not None:
-                hook(i, loss, model)
-            opt.step()
             if after_step is not None and after_step(i):
                 break
         return errors
+
+    def updates(
+        self,
+        model: nn.Module,
+        task: Task,
+        generator: torch.Generator,
+        *,
+        steps: int | None = None,
+        hook: StepHook | None = None,
+        forward: Forward = default_forward,
+        zero_grad: ZeroGrad | None = None,
+    ) -> Iterator[float]:
+        """The learning process one update at a time: yields each batch's training error after its update.
+
+        ``train`` drives it; a benchmark may interleave two of them step by step.
+        """
+        if task.head is not None:
+            model.select(task.head)  # its own output layer; later scoring (error_on) uses the same head
+        model.train()
+        opt = self.optimizer(model.parameters())
+        device = next(model.parameters()).device  # images stay on the CPU; each batch moves (a no-op there)
+        for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
+            loss, err = train_step(model, opt, x.to(device), y.to(device), forward, task.name, i, zero_grad)
+            if hook is not None:
+                hook(i, loss, model)
+            opt.step()
+            yield err
 
     def _early_stop(self, model: nn.Module, task: Task) -> Callable[[int], bool]:
         """Stop after ``patience`` epochs without a new best validation error."""
@@ -138,9 +163,14 @@ class Inner:
         return after_step
 
 
-def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: Forward, task: str, step: int) -> tuple[float, float]:
-    """Forward and backward one batch (no optimizer step); return its loss and error (0-1)."""
-    opt.zero_grad(set_to_none=True)
+def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: Forward, task: str, step: int,
+               zero_grad: ZeroGrad | None = None) -> tuple[float, float]:
+    """Forward and backward one batch (no optimizer step); return its loss and error (0-1).
+
+    Gradients are cleared after the forward pass: released by the optimizer (``set_to_none``), or by
+    ``zero_grad(step, loss)`` when given, which then sees this step's loss while ``.grad`` still holds the
+    previous step's gradients (Leap closes its path segment there, see ``methods/leap.py``).
+    """
     logits = forward(model, x)
     loss = F.cross_entropy(logits, y)
     value = loss.item()
@@ -149,6 +179,10 @@ def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: 
             f"Non-finite loss ({value}) on task {task!r} at inner step {step}. Lower the learning rates "
             "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
         )
+    if zero_grad is None:
+        opt.zero_grad(set_to_none=True)
+    else:
+        zero_grad(step, value)
     loss.backward()
     return value, (logits.argmax(1) != y).float().mean().item()
 

@@ -89,8 +89,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def provenance(overrides: list[str] | None) -> dict:
-    """The command, commit and library versions behind a result."""
+def provenance(overrides: list[str] | None, code: tuple[str, ...] = CODE) -> dict:
+    """The command, commit and library versions behind a result (``-dirty``: uncommitted changes under ``code``)."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -98,7 +98,7 @@ def provenance(overrides: list[str] | None) -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    if commit and git("status", "--porcelain", "--untracked-files=no", "--", *CODE):
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", *code):
         commit += "-dirty"  # uncommitted changes to code or configs (docs do not count)
     return {
         "command": "python run.py " + " ".join(overrides or []),
@@ -106,6 +106,11 @@ def provenance(overrides: list[str] | None) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def bench_commit() -> str:
+    """The commit a benchmark ran at (``-dirty`` with uncommitted changes to the code or the scripts)."""
+    return provenance(None, CODE + ("scripts",))["commit"]
 
 
 def _result_config(config: DictConfig | dict) -> dict:

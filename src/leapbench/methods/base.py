@@ -77,18 +77,24 @@ def flat_grads(params: list[Tensor], out: Tensor | None = None) -> Tensor:
     return torch.cat(parts, out=out)
 
 
-def set_grads(params: list[Tensor], flat: Tensor) -> None:
-    """Write a flat vector (in the order of :func:`flat_params`) into the ``.grad`` of each parameter."""
-    i = 0
+def grad_views(params: list[Tensor], flat: Tensor) -> list[Tensor]:
+    """Views of ``flat`` (in the order of :func:`flat_params`) shaped and strided like each parameter."""
+    views, i = [], 0
     for p in params:
-        n = p.numel()
-        chunk = flat[i:i + n]
+        chunk = flat[i:i + p.numel()]
         if is_channels_last(p):
             b, c, h, w = p.shape
-            p.grad = chunk.view(b, h, w, c).permute(0, 3, 1, 2).clone(memory_format=torch.preserve_format)
+            views.append(chunk.view(b, h, w, c).permute(0, 3, 1, 2))
         else:
-            p.grad = chunk.view(p.shape).clone()
-        i += n
+            views.append(chunk.view(p.shape))
+        i += p.numel()
+    return views
+
+
+def set_grads(params: list[Tensor], flat: Tensor) -> None:
+    """Write a flat vector (in the order of :func:`flat_params`) into the ``.grad`` of each parameter."""
+    for p, view in zip(params, grad_views(params, flat)):
+        p.grad = view.clone(memory_format=torch.preserve_format)
 
 
 def task_seeds(n: int, generator: torch.Generator) -> list[int]:
@@ -178,7 +184,8 @@ class InitializationLearner(MetaLearner):
             self.observe(state, step, loss, params, grads)
 
         try:
-            curve = self.inner.train(self.work, task, torch.Generator().manual_seed(seed), hook=hook)
+            curve = self.inner.train(self.work, task, torch.Generator().manual_seed(seed), hook=hook,
+                                     **self.inner_options(state))
         except DivergenceError as e:
             if not self.skip_diverging:
                 raise
@@ -199,6 +206,10 @@ class InitializationLearner(MetaLearner):
     @abstractmethod
     def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
         """Inner step ``step`` after backward, before the update: loss f(psi^i; B_i), psi^i and its gradient."""
+
+    def inner_options(self, state: dict) -> dict:
+        """Extra keyword arguments for ``Inner.train`` on this task (Leap's ``zero_grad``); none by default."""
+        return {}
 
     @abstractmethod
     def end_task(self, state: dict, params: Flat) -> Tensor:

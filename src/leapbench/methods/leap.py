@@ -15,9 +15,12 @@ text (energy, factor 2) is ``method=leap_paper``. Only the previous point is kep
 
 Under a plain SGD inner loop (``Inner.sgd_lr``) the segment is known without looking at the parameters:
 psi^i - psi^{i-1} = -lr * g_{i-1}, so the increment is (lr - df) * g_{i-1} / sqrt(lr^2 ||g_{i-1}||^2 + df^2).
-Leap then keeps references to the previous step's ``.grad`` tensors (the inner loop releases them instead of
-zeroing them) and per step does one norm and one fused axpy over them: no flat copies (``shortcut``; tested
-equal to the general path).
+Leap then keeps the work model's gradients in one flat vector (every ``.grad`` a view of it, like the buckets
+of DistributedDataParallel) and clears it itself (``zero_grad``): after the forward pass of step i, f_i is
+known and the vector still holds g_{i-1}, so one dot product (||g_{i-1}||) and one axpy close the segment
+before the vector is zeroed. Three passes over one vector per step and no copies (``shortcut``; tested equal
+to the general path). A zero gradient is a zero SGD update, so parameters without a gradient (another
+task's head) still do not move.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..inner import Inner
-from .base import Flat, InitializationLearner, flat_params
+from .base import Flat, InitializationLearner, flat_params, grad_views
 
 
 def increment(
@@ -72,20 +75,48 @@ class Leap(InitializationLearner):
 
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
-        # Batched training hands observe() rows of stacked parameters, not the work model's tensors.
-        self.sgd_lr = getattr(inner, "sgd_lr", None) if self.shortcut and not self.batched else None
+        # Batched training hands observe() rows of stacked parameters, not the work model's tensors; with a
+        # scope, the parameters outside it would need their gradients cleared separately.
+        whole = len(self.work_params) == len(list(self.work.parameters()))
+        self.sgd_lr = getattr(inner, "sgd_lr", None) if self.shortcut and whole and not self.batched else None
+        if self.sgd_lr is not None:
+            self.grads = torch.zeros_like(flat_params(self.work_params))  # g_i, in the order of flat_params
+            self.grad_views = grad_views(self.work_params, self.grads)
 
     def begin_task(self) -> dict:
         if self.sgd_lr is not None:
-            return {"prev": None, "acc": [torch.zeros_like(p) for p in self.work_params]}
+            for p, view in zip(self.work_params, self.grad_views):
+                p.grad = view
+            return {"prev": None, "acc": torch.zeros_like(self.theta0)}
         # Two (psi, grad) buffer pairs used in turn and one scratch vector: no allocation per inner step.
         buffers = [torch.empty_like(self.theta0) for _ in range(5)]
         return {"prev": None, "acc": torch.zeros_like(self.theta0), "spare": buffers[:2], "other": buffers[2:4],
                 "scratch": buffers[4]}
 
+    def inner_options(self, state: dict) -> dict:
+        return {"zero_grad": lambda step, loss: self._close_segment(state, loss)} if self.sgd_lr is not None else {}
+
+    def _close_segment(self, state: dict, loss: float) -> None:
+        """The shortcut at step i, after the forward pass: ``self.grads`` still holds g_{i-1}; add the increment of
+        the segment (psi^{i-1}, psi^i) from it and f_i, then zero it for this step's backward. The three passes
+        (dot, axpy, zero) run back to back while the vector is in cache."""
+        if state["prev"] is not None:
+            lr, df = self.sgd_lr, loss - state["prev"]
+            if self.stabilizer and df > 0:
+                df = -df
+            if not self.loss:
+                df = 0.0
+            length = math.sqrt(lr * lr * float(self.grads.dot(self.grads)) + df * df) if self.norm else 0.0
+            state["acc"].add_(self.grads, alpha=(lr - df) / length if length > 0 else lr - df)
+        self.grads.zero_()
+
     def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
         if self.sgd_lr is not None:
-            return self._observe_sgd(state, loss)
+            if self.work_params[0].grad is not self.grad_views[0]:
+                raise RuntimeError("Leap's SGD shortcut keeps the gradients in its own buffer, but the inner loop "
+                                   "replaced them: it must clear them through Leap's zero_grad (Inner.train).")
+            state["prev"] = loss  # the next step closes the segment from here
+            return
         spare = state["spare"]
         curr, grad = params(out=spare[0]), grads(out=spare[1])
         if state["prev"] is not None:
@@ -95,28 +126,5 @@ class Leap(InitializationLearner):
         state["prev"] = (curr, loss, grad)
         state["spare"], state["other"] = state["other"], spare  # the old psi^{i-1} buffers are free again
 
-    def _observe_sgd(self, state: dict, loss: float) -> None:
-        """The increment under plain SGD, from the previous step's gradient tensors (see the module docstring)."""
-        if state["prev"] is not None:
-            prev_loss, which, prev_grads, g_norm = state["prev"]
-            if which and self.work_params[which[0]].grad is prev_grads[0]:
-                raise RuntimeError("Leap's SGD shortcut needs gradients released between steps "
-                                   "(zero_grad(set_to_none=True)); this inner loop zeroes them in place.")
-            lr, df = self.sgd_lr, loss - prev_loss
-            if self.stabilizer and df > 0:
-                df = -df
-            if not self.loss:
-                df = 0.0
-            length = math.sqrt((lr * g_norm) ** 2 + df * df) if self.norm else 0.0
-            scale = 1.0 / length if length > 0 else 1.0
-            torch._foreach_add_([state["acc"][k] for k in which], prev_grads, alpha=(lr - df) * scale)
-        which = [k for k, p in enumerate(self.work_params) if p.grad is not None]  # no gradient: did not move
-        grads = [self.work_params[k].grad for k in which]
-        # ||g_i|| now, while the fresh gradients are in cache; the next step closes the segment with it.
-        g_norm = float(torch.stack(torch._foreach_norm(grads)).norm()) if self.norm and grads else 0.0
-        state["prev"] = (loss, which, grads, g_norm)
-
     def end_task(self, state: dict, params: Flat) -> Tensor:
-        if self.sgd_lr is not None:
-            return flat_params(state["acc"])  # laid out like the parameters, so in flat_params' order
         return state["acc"]
