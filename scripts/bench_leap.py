@@ -202,11 +202,12 @@ def against_reference(tasks_per_step: int, steps: int, reps: int) -> dict:
     for _ in range(reps):
         b.append(time_ref())
         a.append(time_ours())
-    n = tasks_per_step * steps
+    n, ratios = tasks_per_step * steps, [y / x for x, y in zip(a, b)]
     return {
         "tasks_per_meta_step": tasks_per_step, "steps_per_task": steps, "reps": reps,
         "ours_task_steps_per_s": n * reps / sum(a), "reference_task_steps_per_s": n * reps / sum(b),
-        "speedup": sum(b) / sum(a),
+        "speedup": sum(b) / sum(a), "speedup_median_of_reps": statistics.median(ratios),
+        "speedup_standard_error": statistics.stdev(ratios) / math.sqrt(reps),
     }
 
 
@@ -269,7 +270,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "overhead": overhead(args.steps, args.reps),
-        "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 4)),
+        "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 2)),
         "batched": [batched_vs_sequential(n, args.batched_steps or args.steps // 2, 2)
                     for n in args.batched_tasks or [args.tasks]],
         "batched_relative_difference_float64": batched_equals_sequential(),
@@ -286,7 +287,8 @@ def main() -> None:
     print(f"  Leap against in-place gradients {pct(o['leap_vs_flat'])}")
     print(f"  Leap's own time        {o['own_time_pct']:7.2f} % ({o['own_ms_per_step']:.3f} ms/step)")
     print(f"  reference approach     {r['reference_task_steps_per_s']:7.1f} task-steps/s (state-dict clone, NCHW)")
-    print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x")
+    print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x +- "
+          f"{r['speedup_standard_error']:.2f} (median of {r['reps']} reps {r['speedup_median_of_reps']:.2f}x)")
     for b in res["batched"]:
         print(f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
               f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x "
