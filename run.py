@@ -5,6 +5,7 @@ Task-parallel: ``torchrun --nproc_per_node=N run.py ...`` runs the same experime
 The only module that talks to Hydra: it composes the config and hands it to ``leapbench.runner.run``.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,9 +27,22 @@ def main(cfg: DictConfig) -> None:
                   f"-> {cfg.run_dir}/summary.json")
     except LeapError as e:
         print(f"error: {e}", file=sys.stderr)
+        remove_empty_job_folder(Path(HydraConfig.get().runtime.output_dir), Path(cfg.paths.runs))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the launcher records this job as failed and runs the others; the sweep then exits non-zero
         sys.exit(2)
+
+
+def remove_empty_job_folder(folder: Path, runs: Path) -> None:
+    """Hydra creates the job's folder before ``run`` starts; a run refused at once leaves it empty, so remove it
+    and its empty parents below ``paths.runs`` (a folder with anything in it is left as it is)."""
+    folder, runs = folder.resolve(), runs.resolve()
+    while folder != runs and runs in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone under another rank)
+            return
+        folder = folder.parent
 
 
 if __name__ == "__main__":

@@ -97,11 +97,29 @@ def test_bad_values_fail_before_any_work(override, match, fake_root, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
+def cli(*args: str, fake_root, runs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", "scale=smoke", *FAKE, *args, f"paths.data={fake_root}",
+                           f"paths.runs={runs}", f"paths.cache={runs}/../cache", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
 def test_cli_bad_value_exits_2_with_message(fake_root, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "run.py", "scale=smoke", *FAKE, "inner.optimizer.lr=-1", f"paths.data={fake_root}",
-         f"paths.runs={tmp_path}", f"paths.cache={tmp_path}/c"], cwd=ROOT, capture_output=True, text=True)
+    out = cli("inner.optimizer.lr=-1", fake_root=fake_root, runs=tmp_path / "runs")
     assert out.returncode == 2 and "inner.optimizer.lr=-1" in out.stderr and "Traceback" not in out.stderr
+    assert list((tmp_path / "runs").iterdir()) == []  # not even the empty job folder Hydra made
+
+
+def test_cli_refused_config_leaves_a_finished_run_untouched(fake_root, tmp_path):
+    """A different config aimed at a finished run's folder: exit 2, and not one byte of that folder changes
+    (Hydra writes no .hydra/ or run.log there)."""
+    runs = tmp_path / "runs"
+    assert cli("method=leap", fake_root=fake_root, runs=runs).returncode == 0
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    assert any(p.name == "summary.json" for p in before) and not any(p.name == "run.log" for p in before)
+    assert not any(".hydra" in p.parts for p in before)
+    out = cli("method=leap", "method.meta_optimizer.lr=0.05", fake_root=fake_root, runs=runs)
+    assert out.returncode == 2 and "different config" in out.stderr and "Traceback" not in out.stderr
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 
 def test_instantiate_uses_targets_only():

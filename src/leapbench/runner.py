@@ -148,8 +148,8 @@ def finished_run(cfg: DictConfig) -> dict | None:
 class RunsFolderCheck(Callback):
     """Hydra callback: fail with one message, exit 2, when ``paths.runs`` cannot be written.
 
-    Hydra creates each job's folder (for ``.hydra/`` and ``run.log``) before ``run`` starts, so an unwritable
-    runs folder would otherwise surface as Hydra's traceback.
+    Hydra creates each job's folder before ``run`` starts, so an unwritable runs folder would otherwise surface
+    as Hydra's traceback.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
