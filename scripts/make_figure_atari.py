@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.results import export_run, load_summaries, mean_std, script_summaries  # noqa: E402
+from leapbench.rl.a2c import moving_average  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["scratch", "leap", "reptile"]
@@ -36,16 +37,6 @@ def collect(runs: Path, out: Path, scale: str) -> int:
     return n
 
 
-def moving_average(episodes: list, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frames at each episode end, mean score of the last ``window`` episodes there)."""
-    frames = np.array([f for f, _ in episodes], dtype=float)
-    scores = np.array([r for _, r in episodes], dtype=float)
-    c = np.concatenate([[0.0], np.cumsum(scores)])
-    idx = np.arange(1, len(scores) + 1)
-    lo = np.maximum(0, idx - window)
-    return frames, (c[idx] - c[lo]) / (idx - lo)
-
-
 def curves(base: Path) -> dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]:
     """Per (game, method): one moving-average curve per seed."""
     out: dict[tuple[str, str], list] = {}
@@ -56,7 +47,9 @@ def curves(base: Path) -> dict[tuple[str, str], list[tuple[np.ndarray, np.ndarra
         window = int(_config(run).eval.window)
         for game, eps in json.loads((run / "curves.json").read_text()).get("episodes", {}).items():
             if eps:
-                out.setdefault((game, s["method"]), []).append(moving_average(eps, window))
+                frames = [f for f, _ in eps]
+                score = np.array(moving_average(eps, window, frames))
+                out.setdefault((game, s["method"]), []).append((np.array(frames, dtype=float), score))
     return out
 
 

@@ -11,7 +11,7 @@ from gymnasium.spaces import Discrete
 
 from leapbench.errors import ConfigError
 from leapbench.rl import a2c as a2c_module
-from leapbench.rl.a2c import A2C, ActorCritic, EpisodeScores, Game, clip_rewards, nstep_returns
+from leapbench.rl.a2c import A2C, ActorCritic, EpisodeScores, Game, clip_rewards, moving_average, nstep_returns
 from leapbench.rl.atari import POOL, UNLOADABLE, action_counts, check_game, make_env, to_tensor
 
 torch.set_num_threads(1)
@@ -91,6 +91,14 @@ def test_nstep_returns_stop_at_episode_ends():
                              [2.0, 1 + g * 0],
                              [3 + g * 10, 0.0]])
     assert torch.allclose(nstep_returns(rewards, dones, bootstrap, g), expected)
+
+
+def test_moving_average_at_frame_marks():
+    """Fig. 3's curve: at each mark, the mean of the last `window` episodes ended by then; two may end at once."""
+    episodes = [(10, 1.0), (20, 3.0), (20, 5.0), (40, -2.0)]
+    got = moving_average(episodes, 2, [5, 10, 20, 30, 40])
+    assert np.isnan(got[0])
+    assert got[1:] == [1.0, 4.0, 4.0, 1.5]
 
 
 def test_rewards_clipped_for_learning_but_scores_unclipped():
