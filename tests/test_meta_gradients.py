@@ -29,6 +29,7 @@ class QuadraticInner:
 
     def __init__(self, lr: float, steps: int) -> None:
         self.lr, self.steps = lr, steps
+        self.fixed_steps = steps  # every task takes exactly `steps` updates
         self.sgd_lr = lr  # plain SGD: Leap may use its shortcut (see below)
 
     def train(self, model, task, generator, hook=None, zero_grad=None):

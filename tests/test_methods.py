@@ -280,7 +280,7 @@ def test_early_stopping_on_validation_reports_test_error_at_the_best_point():
     task = toy_task(3, n=60)
     task.x_val, task.y_val = task.x_train[:12] + 0.3, task.y_train[:12]  # shifted: differs from the test images
     inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
-    early = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3)
+    early = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3, stop_on="val")
     import leapbench.evaluation as evaluation
 
     watched, real = [], evaluation.error_on

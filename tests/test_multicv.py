@@ -84,10 +84,10 @@ def test_missing_dataset_names_it(tmp_path):
 
 
 @needs_data
-@pytest.mark.parametrize("method, match", [("reptile", "exactly inner.steps"), ("fomaml", "exactly inner.steps"),
+@pytest.mark.parametrize("method, match", [("reptile method.batched=true", "exactly inner.steps"),
                                            ("finetune_single", "own head")])
 def test_methods_that_do_not_fit_refuse(method, match, tmp_path):
-    cfg = make_cfg(*SMOKE, f"method={method}", tmp_path=tmp_path)
+    cfg = make_cfg(*SMOKE, *f"method={method}".split(), tmp_path=tmp_path)
     with pytest.raises(ConfigError, match=match):
         run(cfg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("summary.json"))
@@ -162,11 +162,15 @@ def test_epoch_cap_and_validation_early_stopping():
     for patience, epochs in ((1, 2), (2, 3)):
         inner = Inner(sgd(1e-12), steps=5, batch_size=32, epochs=True, patience=patience)
         assert len(inner.train(linear(), task, torch.Generator())) == 2 * epochs
-    # Without validation images, or in evaluation (explicit steps), the cap alone applies.
-    assert len(inner.train(linear(), synthetic(val=None), torch.Generator())) == 10
+    # Without validation images the held-out images are watched; in evaluation (explicit steps) the cap alone applies.
+    assert len(inner.train(linear(), synthetic(val=None), torch.Generator())) == 2 * 3
     assert len(inner.train(linear(), task, torch.Generator(), steps=7)) == 7
-    with pytest.raises(ConfigError, match="patience"):
-        Inner(sgd(0.1), steps=5, batch_size=32, patience=1)  # patience counts epochs
+    # Counted in updates (Omniglot): checks after updates 3, 6, 9; patience 2 stops after the third.
+    by_steps = Inner(sgd(1e-12), steps=50, batch_size=32, patience=2, check_every=3)
+    assert by_steps.fixed_steps is None and len(by_steps.train(linear(), task, torch.Generator())) == 9
+    assert len(Inner(sgd(1e-12), steps=5, batch_size=32, patience=9).train(linear(), task, torch.Generator())) == 5
+    with pytest.raises(ConfigError, match="check_every"):
+        Inner(sgd(0.1), steps=5, batch_size=32, patience=1, check_every=0)
 
 
 def test_adaptation_in_epochs_with_auc_over_the_whole_curve():

@@ -12,7 +12,7 @@ Metrics are percentages (0-100), as in the paper's tables:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from .inner import Inner, error_on
 from .tasks import Task
 
 MODES = ("fixed", "early_stop")
+STOP_ON = ("heldout", "val")
 
 
 @dataclass
@@ -31,9 +32,15 @@ class Adaptation:
     """How an initialization is adapted to an evaluation task.
 
     * ``fixed``: ``steps`` updates, then score (the reference code: 100 steps).
-    * ``early_stop``: the paper's "train until no more improvement on held-out images": score the held-out
-      images every ``eval_every`` updates and stop after ``patience`` checks without a new best (never before
-      ``steps`` updates, never after ``max_steps``); the reported error is the best one seen.
+    * ``early_stop``: train until no more improvement: check every ``eval_every`` updates and stop after
+      ``patience`` checks without a new best (never before ``steps`` updates, never after ``max_steps``);
+      the reported error is the held-out error at the best check. What is watched is ``stop_on``:
+
+      - ``heldout``: the held-out images themselves (the paper's wording; the stopping point is chosen on the
+        images it reports, an optimistic estimate);
+      - ``val``: the task's validation images (Multi-CV's datasets have them); a task without them gives its
+        last ``val_per_class`` training images of every class to validation (:func:`with_validation`), so the
+        stopping point never sees the held-out images. AUC and train error then refer to the smaller training set.
 
     In both modes the AUC covers the first ``steps`` updates, so it is comparable across methods; with
     ``auc_all`` it covers the whole curve until stopping (Multi-CV: the paper trains to convergence).
@@ -50,10 +57,17 @@ class Adaptation:
     patience: int = 5
     epochs: bool = False
     auc_all: bool = False
+    stop_on: str = "heldout"
+    val_per_class: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"Unknown adaptation mode {self.mode!r}; choose one of {', '.join(MODES)}.")
+        if self.stop_on not in STOP_ON:
+            raise ConfigError(f"Unknown stop_on={self.stop_on!r} (eval.stop_on, val.stop_on); choose one of "
+                              f"{', '.join(STOP_ON)}.")
+        if self.val_per_class < 1:
+            raise ConfigError(f"val_per_class={self.val_per_class} (eval.val_per_class) must be at least 1.")
         if self.steps < 1 or self.eval_every < 1 or self.patience < 1:
             raise ConfigError("Adaptation steps, eval_every and patience must be at least 1.")
         if self.mode == "early_stop" and self.max_steps < self.steps:
@@ -86,9 +100,11 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
         curve = inner.train(model, task, generator, steps=steps)
         best, best_step = error_on(model, *task.heldout(generator)), len(curve)
     else:
-        # Watch the validation images when the task has them (Multi-CV) and report the held-out (test) error
-        # where validation was best; otherwise watch and report the held-out images (Omniglot, the paper).
-        has_val = task.x_val is not None
+        # stop_on=val: watch the validation images and report the held-out (test) error where they were best;
+        # stop_on=heldout: watch and report the held-out images (the paper's wording).
+        has_val = adaptation.stop_on == "val"
+        if has_val and task.x_val is None:
+            task = with_validation(task, adaptation.val_per_class)
         state = {"best": float("inf"), "bad": 0, "test": float("inf"), "step": 0}
 
         def watch(step: int) -> bool:
@@ -117,6 +133,19 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
         "best_step": best_step,  # the update count the reported error was scored after
         "curve": thin(curve),  # every point up to MAX_POINTS; longer curves as means of equal bins
     }
+
+
+def with_validation(task: Task, per_class: int) -> Task:
+    """``task`` with the last ``per_class`` training images of every class moved to its validation set."""
+    counts = torch.bincount(task.y_train)
+    if int(counts[counts > 0].min()) <= per_class:
+        raise ConfigError(f"Task {task.name} has only {int(counts[counts > 0].min())} training images in some class; "
+                          f"eval.val_per_class={per_class} must leave at least one for training.")
+    val = torch.zeros(len(task.y_train), dtype=torch.bool)
+    for c in torch.unique(task.y_train):
+        val[torch.nonzero(task.y_train == c).flatten()[-per_class:]] = True
+    return replace(task, x_train=task.x_train[~val], y_train=task.y_train[~val],
+                   x_val=task.x_train[val], y_val=task.y_train[val])
 
 
 MAX_POINTS = 1000

@@ -57,14 +57,17 @@ class Inner:
     model's parameters at the start of each task, as in the reference code.
 
     By default a task gets ``steps`` updates (Omniglot). With ``epochs=True`` (Multi-CV) ``steps`` counts
-    epochs of the task's training set instead, so each dataset trains for at most that many passes; with
-    ``patience`` a task that has validation images also stops once its validation error has not improved for
-    ``patience`` epochs (checked at the end of every epoch). Evaluation brings its own stopping rule
-    (``evaluation.Adaptation``), so ``patience`` applies to meta-training only.
+    epochs of the task's training set instead, so each dataset trains for at most that many passes.
+
+    With ``patience`` a task trains "until no more improvement on held-out images" (paper App. D): it stops
+    once its error on its validation images (the held-out images when it has none) has not improved for
+    ``patience`` checks, one check every ``check_every`` updates (every epoch with ``epochs=True``), and after
+    at most ``steps`` updates (epochs). Evaluation brings its own stopping rule (``evaluation.Adaptation``),
+    so ``patience`` applies to meta-training only.
     """
 
     def __init__(self, optimizer: Callable[..., Optimizer], steps: int, batch_size: int, epochs: bool = False,
-                 patience: int | None = None) -> None:
+                 patience: int | None = None, check_every: int = 20) -> None:
         lr = optimizer_lr(optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
@@ -72,10 +75,17 @@ class Inner:
             raise ConfigError(f"inner.steps={steps} must be at least 1.")
         if batch_size < 1:
             raise ConfigError(f"inner.batch_size={batch_size} must be at least 1.")
-        if patience is not None and (patience < 1 or not epochs):
-            raise ConfigError(f"inner.patience={patience} needs inner.epochs=true and a value of at least 1 (or null).")
+        if patience is not None and patience < 1:
+            raise ConfigError(f"inner.patience={patience} must be at least 1 (or null: train every task for inner.steps).")
+        if check_every < 1:
+            raise ConfigError(f"inner.check_every={check_every} must be at least 1.")
         self.optimizer, self.steps, self.batch_size = optimizer, steps, batch_size
-        self.epochs, self.patience = epochs, patience
+        self.epochs, self.patience, self.check_every = epochs, patience, check_every
+
+    @property
+    def fixed_steps(self) -> int | None:
+        """The number of updates every task takes in meta-training when it is known before the task starts, else None."""
+        return None if self.epochs or self.patience is not None else self.steps
 
     @property
     def sgd_lr(self) -> float | None:
@@ -111,7 +121,7 @@ class Inner:
         ``after_step`` (meta-training) the task trains for ``steps_for(task)`` updates with ``patience``.
         ``zero_grad``: see ``train_step``.
         """
-        if steps is None and after_step is None and self.patience is not None and task.x_val is not None:
+        if steps is None and after_step is None and self.patience is not None:
             after_step = self._early_stop(model, task)
         errors: list[float] = []
         for i, err in enumerate(self.updates(model, task, generator, steps=steps, hook=hook, forward=forward,
@@ -149,13 +159,15 @@ class Inner:
             yield err
 
     def _early_stop(self, model: nn.Module, task: Task) -> Callable[[int], bool]:
-        """Stop after ``patience`` epochs without a new best validation error."""
-        per_epoch, state = self.epoch_steps(task), {"best": float("inf"), "bad": 0}
+        """Stop after ``patience`` checks without a new best error on the validation (else held-out) images."""
+        every = self.epoch_steps(task) if self.epochs else self.check_every
+        x, y = (task.x_val, task.y_val) if task.x_val is not None else (task.x_heldout, task.y_heldout)
+        state = {"best": float("inf"), "bad": 0}
 
         def after_step(i: int) -> bool:
-            if (i + 1) % per_epoch:
+            if (i + 1) % every:
                 return False
-            err = error_on(model, task.x_val, task.y_val)
+            err = error_on(model, x, y)
             state["bad"] = 0 if err < state["best"] else state["bad"] + 1
             state["best"] = min(state["best"], err)
             return state["bad"] >= self.patience

@@ -82,7 +82,7 @@ class RunLogger:
                 dir=str(self.run_dir), mode=mode, config=config, reinit="finish_previous",
             )
             run.define_metric("meta_step")
-            for prefix in ("train", "val"):
+            for prefix in ("train", "val", "test_at"):
                 run.define_metric(f"{prefix}/*", step_metric="meta_step")
             return run
         except Exception as e:  # noqa: BLE001 - W&B must never stop a run

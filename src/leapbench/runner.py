@@ -38,7 +38,9 @@ NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "path
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
-ADDED_DEFAULTS = {("method", "batched"): False}
+ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inner", "patience"): None,
+                  ("inner", "check_every"): 20,
+                  ("eval", "stop_on"): "heldout", ("eval", "val_per_class"): 3}
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
 LOCK = ".lock"
@@ -71,6 +73,18 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
     if t.on_divergence not in ("stop", "skip"):
         raise ConfigError(f"train.on_divergence={t.on_divergence!r} must be 'stop' or 'skip'.")
+    for s in test_schedule(cfg):
+        if not 1 <= s <= t.meta_steps:
+            raise ConfigError(f"train.test_at={list(t.test_at)} holds {s}; every entry must be a meta-step in "
+                              f"1..train.meta_steps={t.meta_steps}.")
+
+
+def test_schedule(cfg: DictConfig) -> list[int]:
+    """The meta-steps after which the current initialization is also tested (``train.test_at``), sorted."""
+    at = cfg.train.get("test_at") or []
+    if isinstance(at, (int, str)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in at):
+        raise ConfigError(f"train.test_at={at!r} must be a list of meta-steps, e.g. train.test_at=[16,40,80,200].")
+    return sorted(set(at))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -325,12 +339,12 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
     steps = t.meta_steps if learner.trains else 0
     validate = learner.trains and t.val_every is not None and data.val
     # Everything the loop changes, besides the learner, the generator and the sampler: checkpointed together.
-    state = {"meta_step": 0, "best": None, "bad": 0, "stopped": False}
+    state = {"meta_step": 0, "best": None, "bad": 0, "stopped": False, "test_at": []}
     if resume is not None:
         learner.load_state_dict(resume["learner"])
         g.set_state(resume["generator"])
         sampler.queue = list(resume["queue"])
-        state = resume["state"]
+        state = {"test_at": []} | resume["state"]
         logger.truncate(resume["rows"])  # drop rows logged after the checkpoint; they are redone
 
     def validation(step: int) -> bool:
@@ -346,6 +360,18 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         else:
             state["bad"] += 1
         return t.patience is not None and state["bad"] >= t.patience
+
+    def test_now(step: int) -> None:
+        """Test the current initialization (``train.test_at``): the budget curve of one run."""
+        with where(f"Test evaluation at meta-step {step}"):
+            res = evaluate(learner.initialization(), data.test, inner, test_adapt, test_seed)
+        scores = {k: res[k] for k in test_adapt.scores}
+        logger.log({"meta_step": step, "split": "test_at", **scores, "curve": res["curve"]})
+        state["test_at"].append({"meta_step": step, "budget": step * t.meta_batch_size, **scores,
+                                 f"{test_adapt.scores[0]}_per_task": [round(x[test_adapt.scores[0]], 2) for x in res["tasks"]],
+                                 "mean_adapt_steps": float(np.mean([x["steps"] for x in res["tasks"]]))})
+
+    test_at = set(test_schedule(cfg)) if learner.trains else set()
 
     def save_checkpoint() -> None:
         if not distributed.is_main():
@@ -368,6 +394,8 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         state["meta_step"] = step
         if validate and (step % t.val_every == 0 or step == steps):
             state["stopped"] = validation(step)
+        if step in test_at:
+            test_now(step)
         if t.ckpt_every and (step % t.ckpt_every == 0 or state["stopped"] or step == steps):
             save_checkpoint()
         if state["stopped"]:
@@ -389,11 +417,13 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
         "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name, "cell": cfg.cell,
-        "num_pretrain": len(data.pretrain), "seed": cfg.seed,
+        "num_pretrain": len(data.pretrain), "seed": cfg.seed, "split_seed": cfg.data.get("split_seed"),
         "test": {k: test[k] for k in scores}
         | {f"{scores[0]}_per_task": [round(x[scores[0]], 2) for x in test["tasks"]],
            "tasks": [x["name"] for x in test["tasks"]]},
+        "val_tasks": [x.name for x in data.val], "pretrain_tasks": [x.name for x in data.pretrain],
         "val_best": None if best is None else {k: best[k] for k in ("meta_step", "error", "auc")},
+        "test_at": state["test_at"],
         "meta_steps_done": step, "stopped_early": state["stopped"],
         "mean_adapt_steps": float(np.mean([x["steps"] for x in test["tasks"]])),
     }

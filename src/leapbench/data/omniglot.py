@@ -4,12 +4,16 @@ Protocol (paper App. D, reference code ``src/omniglot/data.py``): every alphabet
 is a task; 20 characters are drawn per alphabet; per character the first 5 images (sorted file names) are
 held out and the other 15 are for training; images are resized to 28x28.
 
-Two splits:
+Two splits, both drawn from ``split_seed`` (the run seed by default, as in the reference code, so the
+paper's seeds are different splits):
 
-* fixed (default): the 10 test and ``num_val`` validation alphabets are drawn once from ``split_seed``;
-  the pretraining tasks are a prefix of the remaining pool, so the test tasks never move with ``num_pretrain``.
-* legacy (``legacy_split=True``): the reference code's split, where the run ``seed`` shuffles all alphabets,
-  pretraining takes the first ``num_pretrain``, test the next 10 and validation the rest.
+* nested (default): the 10 test and ``num_val`` validation alphabets, the order of the remaining pretraining
+  pool and the 20 characters of every alphabet are drawn from ``split_seed`` alone; the pretraining tasks are
+  a prefix of the pool, so nothing but the pretraining set moves with ``num_pretrain`` (and nothing with the
+  method): within one seed every method and task count is tested on the same alphabets.
+* legacy (``legacy_split=True``): the reference code's split, where one shuffle of all alphabets gives
+  pretraining the first ``num_pretrain``, test the next 10 and validation the rest (test moves with
+  ``num_pretrain``).
 """
 from __future__ import annotations
 
@@ -180,7 +184,6 @@ class Omniglot:
         self,
         root: str,
         num_pretrain: int,
-        seed: int = 0,
         split_seed: int = 0,
         legacy_split: bool = False,
         num_test: int = 10,
@@ -200,9 +203,9 @@ class Omniglot:
         listing = list_alphabets(folder)
         eligible = [a for a, chars in listing.items() if len(chars) >= num_classes]
         if legacy_split:
-            pretrain, test, val, chars = _legacy_split(listing, eligible, num_pretrain, num_test, num_classes, seed)
+            pretrain, test, val, chars = _legacy_split(listing, eligible, num_pretrain, num_test, num_classes, split_seed)
         else:
-            pretrain, test, val, chars = _fixed_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed)
+            pretrain, test, val, chars = _nested_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed)
         images = load_images(folder, listing, image_size, resample, cache_dir)
 
         def task(name: str, task_id: int) -> Task:
@@ -237,7 +240,7 @@ def _pick_pretrain(pool: list[str], num_pretrain: int) -> list[str]:
     return pool[:num_pretrain]
 
 
-def _fixed_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed):
+def _nested_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed):
     if num_test + num_val >= len(eligible):
         raise ConfigError(f"data.num_test + data.num_val must leave alphabets for pretraining ({len(eligible)} eligible).")
     order = list(eligible)
@@ -248,7 +251,7 @@ def _fixed_split(listing, eligible, num_pretrain, num_test, num_val, num_classes
 
 
 def _legacy_split(listing, eligible, num_pretrain, num_test, num_classes, seed):
-    """The reference split: one RNG seeded with the run seed shuffles alphabets, then characters.
+    """The reference split: one RNG seeded with ``seed`` (the run seed there) shuffles alphabets, then characters.
 
     Departs from the reference only in listing folders sorted (the reference uses unsorted ``os.listdir``).
     """

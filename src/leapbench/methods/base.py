@@ -122,15 +122,14 @@ class InitializationLearner(MetaLearner):
             raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
         self.meta_optimizer, self.scope, self.batched = meta_optimizer, scope, batched
 
-    fixed_length = False  # the method reads a task's last step by its index (Reptile, FOMAML)
-
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
-        if (self.fixed_length or self.batched) and getattr(inner, "epochs", False):
-            what, fix = (("method.batched=true", "set method.batched=false") if self.batched
-                         else (f"method={self.name}", "use method=leap there"))
-            raise ConfigError(f"{what} needs every task to train for exactly inner.steps updates; "
-                              f"it cannot run with inner.epochs=true (Multi-CV): {fix}.")
+        if self.batched and inner.fixed_steps is None:
+            raise ConfigError("method.batched=true needs every task to train for exactly inner.steps updates; it "
+                              "cannot run with inner.epochs=true or inner.patience (tasks that stop early): "
+                              "set method.batched=false.")
+        # The index of every task's last step when the learning process has a fixed length; None: any step may be.
+        self.last_index = None if inner.fixed_steps is None else inner.fixed_steps - 1
         self.work = copy.deepcopy(model)  # the task learner; self.model holds theta^0
         self.params = self._scoped(self.model)
         if not self.params:
@@ -199,6 +198,10 @@ class InitializationLearner(MetaLearner):
     # Per-task state lives in the object ``begin_task`` returns, so tasks can also be trained side by side.
     # ``params()``/``grads()`` return flat copies of psi^i and its gradient; call them only when needed.
     # ``params(out=buf)`` may fill ``buf`` to save an allocation; always use the returned tensor.
+    def may_be_last(self, step: int) -> bool:
+        """Whether inner step ``step`` can be the task's last (every step when tasks stop early)."""
+        return self.last_index is None or step == self.last_index
+
     def begin_task(self) -> dict:
         """A task's learning process starts from theta^0: return its fresh state."""
         return {}

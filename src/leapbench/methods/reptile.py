@@ -1,7 +1,8 @@
 """Reptile (Nichol et al., 2018): the meta-gradient is theta^0 - psi, averaged over tasks.
 
 As in the authors' code, psi is the point before the last update (psi^{K-1}); ``last_step=True`` uses the
-final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01.
+final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01. When tasks stop
+early (``inner.patience``) K is known only at the end, so psi is kept at every step (one buffer, overwritten).
 """
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from .base import Flat, InitializationLearner
 
 
 class Reptile(InitializationLearner):
-    fixed_length = True
-
     def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False,
                  scope: str | None = None, batched: bool = False) -> None:
         super().__init__(name, meta_optimizer, scope, batched)
         self.last_step = last_step
 
     def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
-        if step == self.inner.steps - 1 and not self.last_step:
-            state["final"] = params()
+        if not self.last_step and self.may_be_last(step):  # psi^{K-1}: the point of the last observed step
+            state["final"] = params(out=state.get("final"))
 
     def end_task(self, state: dict, params: Flat) -> Tensor:
         return self.theta0 - (params() if self.last_step else state["final"])

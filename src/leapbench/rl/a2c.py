@@ -165,6 +165,11 @@ class A2C:
         """Updates per task (the name ``Inner`` uses, read by Reptile and FOMAML)."""
         return self.updates
 
+    @property
+    def fixed_steps(self) -> int:
+        """Every task takes ``updates`` updates (declared as ``Inner.fixed_steps`` is)."""
+        return self.updates
+
     def steps_for(self, task: Game) -> int:
         return self.updates
 
