@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import FAKE, ROOT, make_cfg
 from leapbench.errors import ConfigError
@@ -16,7 +17,7 @@ from leapbench.runner import build, run
 
 EXPERIMENTS = ["omniglot"]
 METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
-SCALES = ["paper", "small", "smoke"]
+SCALES = ["paper", "small", "smoke", "budget"]
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -50,6 +51,32 @@ def test_paper_hyperparameters():
     paper = make_cfg("method=leap_paper")
     assert paper.method.norm is False and paper.method.meta_optimizer.lr == 0.2
     assert make_cfg("method=leap", "inner.optimizer.lr=0.05").inner.optimizer.lr == 0.05  # CLI wins
+
+
+def test_omniglot_grids_have_table_1_rows():
+    """The paper grid sweeps exactly Table 1's rows, methods and 10 seeds; the reduced grid a subset of the rows."""
+    rows = [int(line.split(",")[0]) for line in (ROOT / "results" / "paper" / "table1.csv").read_text().splitlines()[1:]]
+    methods = (ROOT / "results" / "paper" / "table1.csv").read_text().splitlines()[0].split(",")[1:]
+
+    def params(name):
+        return OmegaConf.load(ROOT / "conf" / "sweep" / f"{name}.yaml").hydra.sweeper.params
+
+    paper, small = params("omniglot_paper"), params("omniglot_small")
+    assert [int(n) for n in str(paper["data.num_pretrain"]).split(",")] == rows
+    assert sorted(paper.method.split(",")) == sorted(methods) and paper.seed == "range(10)"
+    assert set(int(n) for n in str(small["data.num_pretrain"]).split(",")) < set(rows)
+
+
+def test_seed_is_the_split_unless_fixed():
+    assert make_cfg("seed=3").data.split_seed == 3
+    assert make_cfg("seed=3", "data.split_seed=0").data.split_seed == 0  # one fixed split for every seed
+    assert make_cfg("seed=3", "data.legacy_split=true").data.split_seed == 3  # the reference: the seed is the split
+
+
+def test_validation_can_adapt_as_the_test_does():
+    """``val='${eval}'`` makes meta-training's validation use the test's rule (docs/reproduction.md)."""
+    cfg = make_cfg("val=${eval}", "eval.stop_on=val")
+    assert cfg.val.mode == "early_stop" and cfg.val.stop_on == "val" and cfg.val.max_steps == cfg.eval.max_steps
 
 
 def test_data_root_from_environment(monkeypatch):

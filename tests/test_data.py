@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, make_cfg
+from test_configs import METHODS
 from leapbench.data.omniglot import Omniglot, _affine, make_augment
 from leapbench.errors import ConfigError, DataError
 
@@ -45,6 +46,24 @@ def test_split_is_deterministic_and_seeded(shared_cache):
     assert torch.equal(a.test[0].x_train, b.test[0].x_train) and a.test[0].name == b.test[0].name
     other = load(3, shared_cache, split_seed=1)
     assert [t.name for t in other.test] != [t.name for t in a.test]
+
+
+@pytest.mark.data
+def test_the_seed_is_the_split_and_methods_share_it(shared_cache):
+    """As in the paper's seeds: each run seed is its own split; within a seed the test and validation
+    alphabets do not move with num_pretrain, and every method composes the same data config."""
+    by_seed = {}
+    for seed in range(5):
+        cfgs = {m: make_cfg(f"method={m}", f"seed={seed}", "data.num_pretrain=30").data for m in METHODS}
+        assert all(c == cfgs["leap"] for c in cfgs.values()), "a method changed the data config"
+        few, all_ = load(1, shared_cache, split_seed=seed), load(30, shared_cache, split_seed=seed)
+        names = lambda s: ([t.name for t in s.pretrain], [t.name for t in s.val], [t.name for t in s.test])  # noqa: E731
+        (p1, v1, t1), (p30, v30, t30) = names(few), names(all_)
+        assert (t1, v1) == (t30, v30) and p1 == p30[:1]
+        assert len(set(p30) | set(v30) | set(t30)) == 30 + 6 + 10  # pretraining, validation and test never overlap
+        assert torch.equal(few.test[0].x_train, all_.test[0].x_train)  # the same characters, too
+        by_seed[seed] = (tuple(t30), tuple(v30))
+    assert len({t for t, _ in by_seed.values()}) == 5, "two seeds share their test alphabets"
 
 
 @pytest.mark.data

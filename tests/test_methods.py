@@ -316,3 +316,67 @@ def test_meta_optimizer_state_survives_a_checkpoint():
     for m in (a, b):
         m.meta_step(tasks, torch.Generator().manual_seed(1))
     assert torch.equal(flat_params(a.params), flat_params(b.params))
+
+
+class Stopping(Inner):
+    """An inner loop whose tasks stop early (``patience``) after exactly ``k`` updates: a variable-length process."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__(partial(torch.optim.SGD, lr=0.3), steps=50, batch_size=8, patience=1)
+        self.k = k
+
+    def _early_stop(self, model, task):
+        return lambda i: i + 1 >= self.k
+
+
+@pytest.mark.parametrize("make", [lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5)),
+                                  lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5), last_step=True),
+                                  lambda: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.5)),
+                                  lambda: Leap("leap", partial(torch.optim.SGD, lr=0.5))])
+def test_tasks_that_stop_early_give_the_meta_gradient_of_their_length(make):
+    """Reptile's and FOMAML's last step is the last one taken: a task that stops after K updates yields the
+    meta-gradient of a fixed K-update task (float64, same batches)."""
+    tasks = [toy_task(1), toy_task(2)]
+    results = []
+    for inner in (Inner(partial(torch.optim.SGD, lr=0.3), steps=7, batch_size=8), Stopping(7)):
+        learner = make()
+        learner.setup(net().double(), inner, 2)
+        assert learner.last_index == (6 if inner.patience is None else None)
+        learner.meta_step([Task(t.name, t.x_train.double(), t.y_train, t.x_heldout.double(), t.y_heldout) for t in tasks],
+                          torch.Generator().manual_seed(3))
+        results.append(flat_params(list(learner.model.parameters())))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-12)
+
+
+def test_batched_tasks_refuse_tasks_that_stop_early():
+    with pytest.raises(ConfigError, match="inner.patience"):
+        Reptile("reptile", partial(torch.optim.SGD, lr=0.5), batched=True).setup(net(), Stopping(3), 1)
+
+
+def test_stopping_on_validation_carved_from_the_training_images():
+    """stop_on=val on a task without validation images: the last images of every class leave the training set,
+    the stopping point is chosen on them, and the reported held-out error is the one scored at that point."""
+    from leapbench.evaluation import Adaptation, adapt, with_validation
+
+    task = toy_task(4, n=60)  # 30 training images, classes 0-3
+    carved = with_validation(task, 2)
+    assert torch.bincount(carved.y_val).tolist() == [2, 2, 2, 2] and len(carved.y_train) == 30 - 8
+    rows = {tuple(x.flatten().tolist()) for x in task.x_train}
+    kept, val = [{tuple(x.flatten().tolist()) for x in xs} for xs in (carved.x_train, carved.x_val)]
+    assert not kept & val and kept | val == rows  # a partition of the training images
+    with pytest.raises(ConfigError, match="val_per_class"):
+        with_validation(task, 7)  # class 3 has only 7 training images
+
+    inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
+    on_val = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3, stop_on="val", val_per_class=2)
+    res = adapt(net(), task, inner, on_val, torch.Generator().manual_seed(5))
+    again = adapt(net(), carved, inner, Adaptation(mode="fixed", steps=res["best_step"]), torch.Generator().manual_seed(5))
+    assert res["error"] == again["error"]
+    # The paper's rule reports the best held-out error it saw: never above the error at any of its checks.
+    on_heldout = adapt(net(), task, inner, Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3),
+                       torch.Generator().manual_seed(5))
+    for k in range(2, on_heldout["steps"] + 1, 2):
+        fixed = adapt(net(), task, inner, Adaptation(mode="fixed", steps=k), torch.Generator().manual_seed(5))
+        assert on_heldout["error"] <= fixed["error"]
+    with pytest.raises(ConfigError, match="stop_on"):
+        Adaptation(mode="early_stop", stop_on="test")

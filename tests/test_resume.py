@@ -18,7 +18,7 @@ from conftest import FAKE, ROOT, make_cfg
 from leapbench.errors import ConfigError
 from leapbench.runner import run
 
-ARGS = ["scale=smoke", *FAKE, "train.meta_steps=8", "train.val_every=3", "inner.steps=20"]
+ARGS = ["scale=smoke", *FAKE, "train.meta_steps=8", "train.val_every=3", "inner.steps=20", "train.test_at=[2,5,7]"]
 
 
 def command(method: str, runs: Path, fake_root: Path) -> list[str]:
@@ -56,6 +56,7 @@ def test_sigkill_then_resume_is_bitwise_identical(method, tmp_path, fake_root):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
     ref, cut = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
     assert ref["test"] == cut["test"] and ref["val_best"] == cut["val_best"]
+    assert ref["test_at"] == cut["test_at"] and [t["meta_step"] for t in cut["test_at"]] == ([2, 5, 7] if method != "scratch" else [])
     assert train_steps(run_dir) == list(range(1, 9))  # no duplicated or missing steps
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +66,7 @@ def test_sigkill_then_resume_is_bitwise_identical(method, tmp_path, fake_root):
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, fake_root):
     cfg = make_cfg("method=leap", *ARGS, tmp_path=tmp_path, data_root=fake_root)
-    run(make_cfg("method=leap", *ARGS, "train.meta_steps=2", "train.ckpt_every=1", tmp_path=tmp_path, data_root=fake_root))
+    run(make_cfg("method=leap", *ARGS, "train.meta_steps=2", "train.test_at=[2]", "train.ckpt_every=1", tmp_path=tmp_path, data_root=fake_root))
     run_dir = Path(cfg.run_dir)
     (run_dir / "summary.json").unlink()  # pretend it was killed after its last checkpoint
     torch.save({"config_hash": "something-else"}, run_dir / "ckpt.pt")

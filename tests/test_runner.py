@@ -112,3 +112,24 @@ def test_wandb_failure_falls_back_to_local(fake_root, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="W&B could not start"):
         summary = run(cfg)
     assert summary["status"] == "finished"
+
+
+def test_test_at_schedule_tests_the_initialization_it_reached(fake_root, tmp_path):
+    """``train.test_at``: the current initialization is tested after the listed meta-steps; without validation
+    the final test tests the same initialization as a test-at entry at the last step, with the same result."""
+    cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, "train.val_every=null", "train.meta_steps=3",
+                   "train.test_at=[3,1]", tmp_path=tmp_path, data_root=fake_root)
+    summary = run(cfg)
+    assert [(t["meta_step"], t["budget"]) for t in summary["test_at"]] == [(1, 2), (3, 6)]  # budget: task trainings
+    last = summary["test_at"][-1]
+    assert {k: last[k] for k in ("error", "auc", "train_error")} == {k: summary["test"][k] for k in ("error", "auc", "train_error")}
+    assert [r["meta_step"] for r in rows(Path(cfg.run_dir)) if r["split"] == "test_at"] == [1, 3]
+    assert summary["val_tasks"] and summary["split_seed"] == 0
+
+
+@pytest.mark.parametrize("value", ["[0]", "[4]", "5"])
+def test_test_at_outside_the_run_is_refused(value, fake_root, tmp_path):
+    cfg = make_cfg("scale=smoke", *FAKE, f"train.test_at={value}", tmp_path=tmp_path, data_root=fake_root)
+    with pytest.raises(ConfigError, match="train.test_at"):
+        run(cfg)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
