@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol table1 figures reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
+.PHONY: help install test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -42,6 +42,13 @@ table1: $(STAMP) ## Table 1 and Fig. 2 (right) data from the committed results (
 
 figures: $(STAMP) ## Fig. 2 (left, right) as PNG and PDF from the committed results, seconds
 	$(BIN)/python scripts/make_figures_omniglot.py --scale small
+
+budget: $(STAMP) ## The budget study's table and figure from the committed results/omniglot/budget/budget.csv, seconds
+	$(BIN)/python scripts/budget_study.py
+
+reproduce-budget: $(STAMP) ## The meta-training budget study (15 runs, about 2 h on 2 cores), then export, table and figure
+	$(BIN)/python run.py +sweep=omniglot_budget
+	$(BIN)/python scripts/budget_study.py --collect runs
 
 reproduce-omniglot-small: $(STAMP) ## The reduced Table 1 grid (about 2 h on 2 cores), then export, table and figures
 	$(BIN)/python run.py +sweep=omniglot_small

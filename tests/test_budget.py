@@ -1,0 +1,45 @@
+"""The budget study end to end on tiny runs: test-at schedule -> exported runs -> budget.csv, table and figure."""
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import pytest
+
+from conftest import FAKE, make_cfg, script
+from leapbench.runner import run
+
+BUDGET = ["scale=smoke", "scale.name=budget", *FAKE, "train.val_every=null", "train.meta_steps=3", "train.test_at=[1,2]"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, fake_root):
+    tmp = tmp_path_factory.mktemp("budget")
+    for method in ("leap", "reptile", "scratch"):
+        for seed in (0, 1, 2):
+            run(make_cfg(f"method={method}", f"seed={seed}", *BUDGET, tmp_path=tmp, data_root=fake_root))
+    out = tmp / "results"
+    script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out))
+    return out
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_one_row_per_method_budget_and_seed(study):
+    rows = list(csv.DictReader((study / "budget.csv").open()))
+    got = sorted((r["method"], int(r["budget"]), int(r["seed"])) for r in rows)
+    want = sorted([(m, b, s) for m in ("leap", "reptile") for b in (2, 4, 6) for s in (0, 1, 2)]
+                  + [("scratch", 0, s) for s in (0, 1, 2)])
+    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test)
+    assert all(r["split_seed"] == r["seed"] and r["commit"] and r["command"].startswith("python run.py") for r in rows)
+    assert len(list((study / "runs").glob("*/summary.json"))) == 9
+
+
+def test_table_has_paired_differences_and_regenerates_byte_for_byte(study):
+    md = (study / "budget.md").read_text()
+    assert "| 6 |" in md and "Paired differences at 6 task trainings" in md and "| paper (20,000) |" in md
+    before = {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")}
+    script("scripts/budget_study.py", "--out", str(study))  # from the CSV alone, as `make budget` does
+    assert {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")} == before
