@@ -9,7 +9,7 @@ import pytest
 from conftest import FAKE, make_cfg, script
 from leapbench.runner import run
 
-BUDGET = ["scale=smoke", "scale.name=budget", *FAKE, "train.val_every=null", "train.meta_steps=3", "train.test_at=[1,2]"]
+BUDGET = ["scale=smoke", "scale.name=budget", *FAKE, "data.num_heldout=3", "train.val_every=null", "train.meta_steps=3", "train.test_at=[1,2]"]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,11 @@ def study(tmp_path_factory, fake_root):
     out = tmp / "results"
     script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(study):
+    return study.parent / "runs"
 
 
 def digest(path) -> str:
@@ -43,3 +48,16 @@ def test_table_has_paired_differences_and_regenerates_byte_for_byte(study):
     before = {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")}
     script("scripts/budget_study.py", "--out", str(study))  # from the CSV alone, as `make budget` does
     assert {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")} == before
+
+
+def test_retest_reproduces_a_run_and_changes_only_what_it_is_told(runs, tmp_path):
+    """scripts/retest.py: the recorded test again with the run's own rule, bit for bit; another rule differs."""
+    leap = runs / "omniglot" / "leap" / "budget" / "n2-s1"
+    script("scripts/retest.py", str(leap), "--set", "eval.stop_on=heldout", "--out", str(tmp_path / "same.csv"))
+    (same,) = csv.DictReader((tmp_path / "same.csv").open())
+    assert (same["error"], same["auc"], same["steps"]) == (same["recorded_error"], same["recorded_auc"], same["recorded_steps"])
+    assert same["run"] == "omniglot/leap/budget/n2-s1"  # no machine paths in the output
+    script("scripts/retest.py", str(leap), "--set", "eval.stop_on=val", "--set", "eval.val_per_class=1",
+           "--out", str(tmp_path / "val.csv"))
+    (val,) = csv.DictReader((tmp_path / "val.csv").open())
+    assert val["overrides"] == "eval.stop_on=val eval.val_per_class=1" and val["auc"] != same["auc"]  # fewer training images

@@ -234,6 +234,11 @@ def where(label: str):
         raise DivergenceError(f"{label}: {e}") from None
 
 
+def eval_seeds(seed: int) -> tuple[int, int]:
+    """The validation and test seeds of a run: fixed per seed, so every method sees the same data."""
+    return 2 * seed + 1, 2 * seed
+
+
 class TaskSampler:
     """Meta-batches as in the reference code: shuffled passes over the tasks, concatenated and cut."""
 
@@ -335,7 +340,7 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
     run_dir = Path(cfg.run_dir)
     g = torch.Generator().manual_seed(cfg.seed)  # task sampling, batches and augmentation during meta-training
     sampler = TaskSampler(len(data.pretrain), g)
-    val_seed, test_seed = 2 * cfg.seed + 1, 2 * cfg.seed  # fixed per seed: every method sees the same data
+    val_seed, test_seed = eval_seeds(cfg.seed)
     steps = t.meta_steps if learner.trains else 0
     validate = learner.trains and t.val_every is not None and data.val
     # Everything the loop changes, besides the learner, the generator and the sampler: checkpointed together.
