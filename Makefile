@@ -34,7 +34,7 @@ smoke: $(STAMP) ## Seconds-long run of every method on Omniglot, Multi-CV and At
 	$(BIN)/python run.py -m experiment=multicv method=leap,finetune,scratch scale=smoke progress=false
 	$(BIN)/python run.py -m experiment=atari method=leap,reptile,scratch scale=smoke progress=false
 
-protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (about 35 min on 2 cores)
+protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (5 splits, about 3 h on 2 cores; resumes)
 	$(BIN)/python scripts/protocol_study.py
 
 table1: $(STAMP) ## Table 1 and Fig. 2 (right) data from the committed results (results/omniglot/small/), seconds

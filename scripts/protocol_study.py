@@ -1,100 +1,144 @@
-"""Which evaluation protocol explains the paper's Table 1? Adapt the random initialization (method=scratch)
-to the 10 test alphabets under each adaptation mode x augmentation, through run.py, and tabulate.
+"""Which evaluation protocol explains the paper's Table 1, across splits? Adapt the random initialization
+(method=scratch) to the 10 test alphabets of several splits (one per seed) under each adaptation rule x
+augmentation, through run.py, and tabulate the mean and spread across splits.
 
-    python scripts/protocol_study.py            # runs what is missing (about 35 min on 2 cores), then writes
-                                                # results/omniglot/protocol/{protocol.csv,protocol.md}
-    python scripts/protocol_study.py --collect  # only re-tabulates finished runs
+    python scripts/protocol_study.py                 # runs the missing cells (about 3 h on 2 cores for 5 splits)
+    python scripts/protocol_study.py --seeds 0,1     # only these splits (a study can be run in parts)
+    python scripts/protocol_study.py --collect       # only exports finished runs and re-tabulates
+    python scripts/protocol_study.py --seeds 0 --runs R --out O model.filters=8 eval.max_steps=200   # a quick look
 
-Runs land in runs/omniglot/scratch/paper/n20-s<seed>-<mode>-<augment>[-p5]; finished ones are skipped.
+Rules: the paper's early stopping (patience 15, 100-5000 steps) stopping on the held-out images (the paper's
+wording) or on validation images carved from the training images (``eval.stop_on=val``), and the authors' 100
+fixed steps. Runs land in runs/omniglot/scratch/paper/n20-s<seed>-<mode>-<augment>-<stop_on>. Finished runs are
+exported to results/omniglot/protocol/runs/, and a cell found there is not run again, so the study resumes from
+the committed results. Writes results/omniglot/protocol/{protocol.csv,protocol.md}.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.results import export_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "omniglot" / "protocol"
-SEEDS = "0,1"
-TAG = "tag=-${eval.mode}-${data.augment}"
-SWEEPS = [  # (label, overrides)
-    ("paper protocol", ["eval.mode=fixed,early_stop", "data.augment=reference,rotate36,none", TAG]),
-    ("short early stopping (scale=small)", ["eval.mode=early_stop", "data.augment=reference,rotate36,none",
-                                            "eval.patience=5", "eval.max_steps=1000", TAG + "-p5"]),
-]
+SEEDS = "0,1,2,3,4"
+AUGMENTS = ("rotate36", "reference", "none")
+RULES = {  # label: overrides
+    "early stopping on held-out (paper)": ["eval.mode=early_stop", "eval.stop_on=heldout"],
+    "early stopping on validation": ["eval.mode=early_stop", "eval.stop_on=val"],
+    "fixed 100 steps (authors' code)": ["eval.mode=fixed", "eval.stop_on=heldout"],
+}
+TAG = "tag=-${eval.mode}-${data.augment}-${eval.stop_on}"
 PAPER_SCRATCH = "15.9-17.9 (mean 16.5)"  # Table 1, "No pretraining", over all task counts
 
 
-def command(overrides: list[str]) -> list[str]:
-    return [sys.executable, "run.py", "-m", "launcher=joblib", "method=scratch", f"seed={SEEDS}", *overrides]
+def suffix(seed: int, overrides: list[str], augment: str) -> str:
+    """The end of a run's folder name (after ``n<num_pretrain>``), as ``TAG`` makes it."""
+    keys = dict(o.split("=", 1) for o in overrides)
+    return f"-s{seed}-{keys['eval.mode']}-{augment}-{keys['eval.stop_on']}"
 
 
-def collect(runs: Path) -> list[dict]:
-    rows = []
-    for run_dir in sorted(runs.glob("omniglot/scratch/paper/n20-s*-*")):
-        summary = export_run(run_dir, OUT / "runs" / run_dir.name)
-        if summary is None:
+def run_missing(seeds: list[int], runs: Path, out: Path, extra: list[str]) -> None:
+    """One joblib multirun per (rule, augmentation) over the seeds whose run is not exported yet."""
+    for overrides in RULES.values():
+        for augment in AUGMENTS:
+            todo = [s for s in seeds if not list((out / "runs").glob(f"n*{suffix(s, overrides, augment)}/summary.json"))]
+            if todo:
+                subprocess.run([sys.executable, "run.py", "-m", "launcher=joblib", "method=scratch",
+                                f"seed={','.join(map(str, todo))}", *overrides, f"data.augment={augment}", TAG,
+                                f"paths.runs={runs}", *extra], cwd=ROOT, check=True)
+            collect(runs, out)  # export as cells finish, so an interrupted study keeps them
+
+
+def collect(runs: Path, out: Path) -> int:
+    return sum(export_run(d, out / "runs" / d.name) is not None
+               for d in sorted(runs.glob("omniglot/scratch/*/n*-s*-*-*-*")))
+
+
+def rows(out: Path) -> list[dict]:
+    """One row per exported run of this study (runs without ``eval.stop_on`` predate it and are left out)."""
+    out_rows = []
+    for folder in sorted(p.parent for p in (out / "runs").glob("*/summary.json")):
+        cfg = OmegaConf.load(folder / "config.yaml")
+        if "stop_on" not in cfg.eval:
             continue
-        short = "-p5" in run_dir.name
-        mode = "early_stop" if "early_stop" in run_dir.name else "fixed"
-        augment = next(a for a in ("reference", "rotate36", "none") if f"-{a}" in run_dir.name)
-        rows.append({
-            "mode": mode + (" (patience 5, max 1000)" if short else (" (patience 15, max 5000)" if mode == "early_stop" else " (100 steps)")),
-            "augment": augment, "seed": summary["seed"], "test_error": round(summary["test"]["error"], 2),
-            "auc": round(summary["test"]["auc"], 2), "train_error": round(summary["test"]["train_error"], 2),
-            "mean_steps": summary["mean_adapt_steps"], "wall_time_s": summary["wall_time_s"],
-            "commit": summary["commit"], "command": summary["command"],
-        })
-    return rows
+        s = json.loads((folder / "summary.json").read_text())
+        rule = next(label for label, o in RULES.items() if folder.name.endswith(suffix(s["seed"], o, cfg.data.augment)))
+        out_rows.append({"rule": rule, "augment": cfg.data.augment, "seed": s["seed"], "split_seed": s["split_seed"],
+                    "test_error": round(s["test"]["error"], 2), "auc": round(s["test"]["auc"], 2),
+                    "train_error": round(s["test"]["train_error"], 2), "mean_steps": s["mean_adapt_steps"],
+                    "test_alphabets": " ".join(s["test"]["tasks"]), "wall_time_s": s["wall_time_s"],
+                    "commit": s["commit"], "command": s["command"]})
+    order = list(RULES)
+    return sorted(out_rows, key=lambda r: (order.index(r["rule"]), AUGMENTS.index(r["augment"]), r["seed"]))
 
 
-def write(rows: list[dict]) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "protocol.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+def write(table: list[dict], out: Path) -> None:
+    with open(out / "protocol.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]), lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["mode"], r["augment"]), []).append(r)
+        w.writerows(table)
     lines = [
-        "# Adaptation protocol study: no pretraining (random init) on the 10 test alphabets",
+        "# Adaptation protocol study: no pretraining (random init) on the 10 test alphabets of each split",
         "",
         f"Paper, Table 1, No pretraining: {PAPER_SCRATCH} % test error.",
-        "Generated by `python scripts/protocol_study.py` from the run summaries in `runs/` "
-        f"(copied to `runs/` beside this file). Seeds: {SEEDS}; model: Conv4, 64 filters; split seed 0.",
+        "Generated by `python scripts/protocol_study.py` from the exported runs beside this file. Conv4, 64 filters; "
+        "each seed is its own split (test alphabets, characters). Mean ± std across splits, and the range.",
         "",
-        "| adaptation | augmentation | test error % | train-error AUC | train error % | mean steps | seeds |",
+        "| adaptation | augmentation | test error % | range | train-error AUC | mean steps | splits |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (mode, aug), rs in sorted(groups.items()):
-        mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-        lines.append(f"| {mode} | {aug} | {mean('test_error'):.1f} | {mean('auc'):.1f} | {mean('train_error'):.1f} "
-                     f"| {mean('mean_steps'):.0f} | {len(rs)} |")
-    commits = sorted({r["commit"] for r in rows})
-    lines += ["", f"Commit(s): {', '.join(commits)}.", "Commands: " + "; ".join(
-        f"`python run.py -m launcher=joblib method=scratch seed={SEEDS} {' '.join(o)}`" for _, o in SWEEPS)]
-    (OUT / "protocol.md").write_text("\n".join(lines) + "\n")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in table:
+        groups.setdefault((r["rule"], r["augment"]), []).append(r)
+    for (rule, aug), rs in groups.items():
+        e = np.array([r["test_error"] for r in rs])
+        sd = f" ± {e.std(ddof=1):.1f}" if len(e) > 1 else ""
+        lines.append(f"| {rule} | {aug} | {e.mean():.1f}{sd} | {e.min():.1f}-{e.max():.1f} | "
+                     f"{np.mean([r['auc'] for r in rs]):.1f} | {np.mean([r['mean_steps'] for r in rs]):.0f} | {len(rs)} |")
+    lines += ["", "Stopping-rule bias (held-out minus validation rule, same split and batches; mean and 95 % t-interval "
+              "over splits):", "", "| augmentation | bias (points) | splits |", "|---|---|---|"]
+    heldout, val = list(RULES)[:2]
+    for aug in AUGMENTS:
+        a = {r["seed"]: r["test_error"] for r in groups.get((heldout, aug), [])}
+        b = {r["seed"]: r["test_error"] for r in groups.get((val, aug), [])}
+        d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+        if len(d) >= 2:
+            from scipy import stats
+
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            lines.append(f"| {aug} | {d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}] | {len(d)} |")
+    commits = sorted({r["commit"] for r in table})
+    lines += ["", f"Commit(s): {', '.join(commits)}.", ""]
+    (out / "protocol.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--collect", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--collect", action="store_true", help="only export finished runs and tabulate")
+    p.add_argument("--seeds", default=SEEDS, help=f"splits to run (default {SEEDS})")
     p.add_argument("--runs", default=str(ROOT / "runs"), help="runs folder (paths.runs)")
+    p.add_argument("--out", default=str(OUT), help="results folder (default: results/omniglot/protocol)")
+    p.add_argument("overrides", nargs="*", help="more run.py overrides for every run (e.g. a smaller model, for a test)")
     args = p.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
     if not args.collect:
-        for _, overrides in SWEEPS:
-            subprocess.run(command([*overrides, f"paths.runs={args.runs}"]), cwd=ROOT, check=True)
-    rows = collect(Path(args.runs))
-    if not rows:
+        run_missing([int(s) for s in args.seeds.split(",")], runs, out, args.overrides)
+    collect(runs, out)
+    table = rows(out)
+    if not table:
         sys.exit("No finished protocol runs found; run without --collect first.")
-    write(rows)
+    write(table, out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The budget study end to end on tiny runs: test-at schedule -> exported runs -> budget.csv, table and figure."""
+"""The studies' scripts end to end on tiny runs: the budget study (test-at schedule -> exported runs -> budget.csv,
+table and figure), scripts/retest.py and the protocol study across splits."""
 from __future__ import annotations
 
 import csv
@@ -61,3 +62,24 @@ def test_retest_reproduces_a_run_and_changes_only_what_it_is_told(runs, tmp_path
            "--out", str(tmp_path / "val.csv"))
     (val,) = csv.DictReader((tmp_path / "val.csv").open())
     assert val["overrides"] == "eval.stop_on=val eval.val_per_class=1" and val["auc"] != same["auc"]  # fewer training images
+
+
+@pytest.mark.slow
+def test_protocol_study_across_splits(tmp_path, fake_root):
+    """scripts/protocol_study.py on tiny runs: every rule x augmentation x split, the bias table, and a rerun that
+    finds every cell exported and runs nothing."""
+    tiny = [f"paths.data={fake_root}", f"paths.cache={tmp_path / 'cache'}", *FAKE, "data.num_heldout=3", "model.filters=4",
+            "eval.steps=5", "eval.max_steps=20", "eval.eval_every=5", "eval.patience=1", "eval.val_per_class=1"]
+    args = ["scripts/protocol_study.py", "--seeds", "0,1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    script(*args, *tiny)
+    rows = list(csv.DictReader((tmp_path / "out" / "protocol.csv").open()))
+    assert len(rows) == 3 * 3 * 2 and {r["split_seed"] for r in rows} == {"0", "1"}
+    md = (tmp_path / "out" / "protocol.md").read_text()
+    assert "| early stopping on validation | rotate36 |" in md and "| rotate36 | " in md.split("Stopping-rule bias")[1]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("summary.json")}
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # a new session: only the exported results are left
+    script(*args, *tiny)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("summary.json"))  # nothing reran
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("summary.json")} == before
