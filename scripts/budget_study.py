@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from omegaconf import OmegaConf
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
@@ -175,8 +173,18 @@ def markdown(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], out: Path) -> None:
-    paper = paper_row()
+    """budget.png and budget.pdf (fixed metadata, so regenerating them changes no byte)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    plot(rows, axes)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=150, metadata={"Software": None})
+    fig.savefig(out.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    plt.close(fig)
+
+
+def plot(rows: list[dict], axes) -> None:
+    """Test error (left) and AUC (right) against the budget: mean ± std over seeds, the paper's value, the trend."""
+    paper = paper_row()
     for ax, metric, ylabel in ((axes[0], "test_error", "test error (%)"), (axes[1], "auc", "AUC of training error")):
         table = cells(rows, metric)
         for m in [m for m in LABELS if any(k[0] == m for k in table)]:
@@ -204,10 +212,6 @@ def figure(rows: list[dict], out: Path) -> None:
     axes[0].set_title(f"Test error; ★ the paper's Table 1 ({ROW} tasks, {PAPER_BUDGET:,}); dotted: trend", fontsize=10)
     axes[1].set_title("AUC (the paper prints no AUC table)", fontsize=10)
     axes[1].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=150, metadata={"Software": None})
-    fig.savefig(out.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
-    plt.close(fig)
 
 
 def main() -> None:
@@ -215,6 +219,7 @@ def main() -> None:
     p.add_argument("--collect", metavar="RUNS", help="export finished budget runs from this runs folder first")
     p.add_argument("--out", default=str(OUT), help="output folder (default: results/omniglot/budget)")
     args = p.parse_args()
+    matplotlib.use("Agg")
     out = Path(args.out)
     if args.collect:  # exported runs accumulate under out/runs, so a study finished over several sessions merges
         print(f"exported {collect(Path(args.collect), out)} finished runs", file=sys.stderr)
