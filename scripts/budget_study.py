@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,15 +33,16 @@ PAPER_BUDGET = 1000 * 20  # the paper's meta-training: 1000 meta-steps of 20 tas
 LABELS = {"leap": "Leap", "reptile": "Reptile", "fomaml": "MAML*", "finetune": "Finetune†", "scratch": "No pretraining"}
 COLORS = {"leap": "tab:orange", "reptile": "tab:red", "fomaml": "tab:purple", "finetune": "tab:green",
           "scratch": "tab:blue"}
-FIELDS = ["method", "label", "budget", "meta_step", "seed", "split_seed", "test_error", "auc", "train_error",
+FIELDS = ["method", "label", "num_pretrain", "budget", "meta_step", "seed", "split_seed", "test_error", "auc", "train_error",
           "mean_adapt_steps", "run_wall_time_s", "commit", "command"]
 
 
-def collect(runs: Path, out: Path = OUT) -> int:
-    """Export the finished budget runs under ``runs`` to ``out/runs``; return how many."""
+def collect(runs: Path, out: Path = OUT, row: int = ROW) -> int:
+    """Export the finished, untagged budget runs at ``row`` pretraining tasks to ``out/runs``; return how many."""
     done = 0
-    for run_dir in sorted(runs.glob("omniglot/*/budget/n*-s*")):
-        done += export_run(run_dir, out / "runs" / f"{run_dir.parents[1].name}-{run_dir.name}") is not None
+    for run_dir in sorted(runs.glob(f"omniglot/*/budget/n{row}-s*")):
+        if re.fullmatch(rf"n{row}-s\d+", run_dir.name):  # a tagged run (changed hyperparameters) is not the study
+            done += export_run(run_dir, out / "runs" / f"{run_dir.parents[1].name}-{run_dir.name}") is not None
     return done
 
 
@@ -52,10 +54,11 @@ def table_rows(exported: Path) -> list[dict]:
         batch = OmegaConf.load(folder / "config.yaml").train.meta_batch_size
         final = {"meta_step": summary["meta_steps_done"], "budget": summary["meta_steps_done"] * batch,
                  **summary["test"], "mean_adapt_steps": summary["mean_adapt_steps"]}
-        for t in summary.get("test_at", []) + [final]:
+        tested = summary.get("test_at", [])
+        for t in tested + ([final] if final["meta_step"] not in {x["meta_step"] for x in tested} else []):
             rows.append({
                 "method": summary["method"], "label": LABELS.get(summary["method"], summary["method"]),
-                "budget": t["budget"], "meta_step": t["meta_step"], "seed": summary["seed"],
+                "num_pretrain": summary["num_pretrain"], "budget": t["budget"], "meta_step": t["meta_step"], "seed": summary["seed"],
                 "split_seed": summary["split_seed"], "test_error": round(t["error"], 2), "auc": round(t["auc"], 2),
                 "train_error": round(t["train_error"], 2), "mean_adapt_steps": round(t["mean_adapt_steps"], 1),
                 "run_wall_time_s": summary["wall_time_s"], "commit": summary["commit"], "command": summary["command"],
@@ -68,7 +71,7 @@ def read(path: Path) -> list[dict]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("budget", "meta_step", "seed", "split_seed"):
+        for k in ("num_pretrain", "budget", "meta_step", "seed", "split_seed"):
             r[k] = int(r[k])
         for k in ("test_error", "auc", "train_error"):
             r[k] = float(r[k])
@@ -101,25 +104,43 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, floa
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d)
 
 
-def paper_row() -> dict[str, float]:
+def paper_row(row: int = ROW) -> dict[str, float]:
     with open(ROOT / "results" / "paper" / "table1.csv") as f:
-        row = next(r for r in csv.DictReader(f) if int(r["num_pretrain"]) == ROW)
-    return {m: float(v) for m, v in row.items() if m != "num_pretrain"}
+        found = next(r for r in csv.DictReader(f) if int(r["num_pretrain"]) == row)
+    return {m: float(v) for m, v in found.items() if m != "num_pretrain"}
 
 
 def trend(values: dict[int, float]) -> tuple[float, float]:
-    """Least-squares line of the mean error against log10(budget): (change per 10x budget, value at the paper's budget)."""
+    """Least-squares line of the error against log10(budget): (change per 10x budget, value at the paper's budget)."""
     b = np.array(sorted(values), dtype=float)
     slope, intercept = np.polyfit(np.log10(b), [values[int(x)] for x in b], 1)
     return float(slope), float(intercept + slope * np.log10(PAPER_BUDGET))
 
 
+def interval(x: list[float]) -> str:
+    """Mean and 95 % Student-t interval over seeds."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return f"{x.mean():+.1f}"
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():+.1f} [{x.mean() - half:+.1f}, {x.mean() + half:+.1f}]"
+
+
+def table_row(rows: list[dict]) -> int:
+    """The one Table 1 row (number of pretraining tasks) the study ran at."""
+    found = {r["num_pretrain"] for r in rows if r["method"] != "scratch"} or {r["num_pretrain"] for r in rows}
+    if len(found) != 1:
+        sys.exit(f"budget.csv mixes rows of Table 1 ({sorted(found)}); keep one number of pretraining tasks.")
+    return found.pop()
+
+
 def markdown(rows: list[dict]) -> str:
+    row = table_row(rows)
     err, auc_ = cells(rows, "test_error"), cells(rows, "auc")
     methods = [m for m in LABELS if any(k[0] == m for k in err)] + sorted({k[0] for k in err} - set(LABELS))
     learners = [m for m in methods if m != "scratch"]
     budgets = sorted({b for m, b in err if m != "scratch"})
-    paper = paper_row()
+    paper = paper_row(row)
     seeds = sorted({r["seed"] for r in rows})
 
     def ms(v: dict[int, float]) -> str:
@@ -127,7 +148,7 @@ def markdown(rows: list[dict]) -> str:
         sd = f" ± {x.std(ddof=1):.1f}" if len(x) > 1 else ""
         return f"{x.mean():.1f}{sd}" + (f" [{len(x)}]" if len(x) != len(seeds) else "")
 
-    lines = [f"# Omniglot meta-training budget study ({ROW} pretraining alphabets)", "",
+    lines = [f"# Omniglot meta-training budget study ({row} pretraining alphabets)", "",
              "Generated by `python scripts/budget_study.py` from `budget.csv` (runs: `python run.py +sweep=omniglot_budget`). "
              f"Mean ± std over seeds {seeds} (each seed its own split; [k] marks a cell with fewer). A budget is the number "
              f"of task trainings the tested initialization has seen; the paper's is {PAPER_BUDGET:,}.", ""]
@@ -156,13 +177,19 @@ def markdown(rows: list[dict]) -> str:
             out.append("" if p is None else f"{p[0]:+.1f} [{p[1]:+.1f}, {p[2]:+.1f}]{' *' if p[1] > 0 or p[2] < 0 else ''}")
         lines.append(f"| {name} | " + " | ".join(out) + " |")
     lines += ["", "`*`: the interval excludes zero.", "",
-              f"## Trend: a line in log10(budget) through the mean test error, extended to {PAPER_BUDGET:,}", "",
+              f"## Trend: a line in log10(budget) through each seed's test errors, extended to {PAPER_BUDGET:,}", "",
+              "Mean and 95 % t-interval over seeds of each seed's fit. An extrapolation over more than a decade beyond "
+              "the data, with the preset's smaller network and evaluation: a direction, not a prediction.", "",
               "| method | change per 10x budget (points) | at the paper's budget | paper |", "|---|---|---|---|"]
     for m in learners:
-        means = {b: float(np.mean(list(err[(m, b)].values()))) for b in budgets if (m, b) in err}
-        if len(means) >= 2:
-            slope, at = trend(means)
-            lines.append(f"| {LABELS.get(m, m)} | {slope:+.1f} | {at:.1f} | {paper.get(m, float('nan')):.1f} |")
+        fits = []
+        for seed in seeds:
+            by_budget = {b: err[(m, b)][seed] for b in budgets if seed in err.get((m, b), {})}
+            if len(by_budget) >= 2:
+                fits.append(trend(by_budget))
+        if fits:
+            lines.append(f"| {LABELS.get(m, m)} | {interval([f[0] for f in fits])} | {interval([f[1] for f in fits])} "
+                         f"| {paper.get(m, float('nan')):.1f} |")
     commits = sorted({r["commit"] for r in rows})
     walls = {m: [float(r["run_wall_time_s"]) for r in rows if r["method"] == m and r["budget"] == max(
         x["budget"] for x in rows if x["method"] == m)] for m in methods}
@@ -184,7 +211,8 @@ def figure(rows: list[dict], out: Path) -> None:
 
 def plot(rows: list[dict], axes) -> None:
     """Test error (left) and AUC (right) against the budget: mean ± std over seeds, the paper's value, the trend."""
-    paper = paper_row()
+    row = table_row(rows)
+    paper = paper_row(row)
     for ax, metric, ylabel in ((axes[0], "test_error", "test error (%)"), (axes[1], "auc", "AUC of training error")):
         table = cells(rows, metric)
         for m in [m for m in LABELS if any(k[0] == m for k in table)]:
@@ -209,7 +237,7 @@ def plot(rows: list[dict], axes) -> None:
         ax.set_xscale("log")
         ax.set(xlabel="task trainings seen by the initialization (log)", ylabel=ylabel)
         ax.grid(alpha=0.3, which="both", lw=0.5)
-    axes[0].set_title(f"Test error; ★ the paper's Table 1 ({ROW} tasks, {PAPER_BUDGET:,}); dotted: trend", fontsize=10)
+    axes[0].set_title(f"Test error; ★ the paper's Table 1 ({row} tasks, {PAPER_BUDGET:,}); dotted: trend", fontsize=10)
     axes[1].set_title("AUC (the paper prints no AUC table)", fontsize=10)
     axes[1].legend(frameon=False, fontsize=8)
 
@@ -218,11 +246,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", metavar="RUNS", help="export finished budget runs from this runs folder first")
     p.add_argument("--out", default=str(OUT), help="output folder (default: results/omniglot/budget)")
+    p.add_argument("--row", type=int, default=ROW, help=f"the Table 1 row (pretraining tasks) to collect (default {ROW})")
     args = p.parse_args()
     matplotlib.use("Agg")
     out = Path(args.out)
     if args.collect:  # exported runs accumulate under out/runs, so a study finished over several sessions merges
-        print(f"exported {collect(Path(args.collect), out)} finished runs", file=sys.stderr)
+        print(f"exported {collect(Path(args.collect), out, args.row)} finished runs", file=sys.stderr)
         rows = table_rows(out / "runs")
         if not rows:
             sys.exit(f"No finished budget runs under {args.collect}; run `python run.py +sweep=omniglot_budget` first.")

@@ -21,11 +21,12 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.errors import LeapError  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
-from leapbench.runner import build, eval_seeds, provenance  # noqa: E402
+from leapbench.runner import build, eval_seeds, provenance, upgrade  # noqa: E402
 
 
 def retest(run_dir: Path, overrides: list[str]) -> dict:
-    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(overrides))
+    recorded = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    cfg = OmegaConf.merge(OmegaConf.create(upgrade(recorded)), OmegaConf.from_dotlist(overrides))  # older runs too
     summary = json.loads((run_dir / "summary.json").read_text())
     if summary.get("status") != "finished" or not (run_dir / "init.pt").exists():
         raise LeapError("no finished run with an init.pt here; run it to the end first.")

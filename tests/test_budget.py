@@ -20,7 +20,8 @@ def study(tmp_path_factory, fake_root):
         for seed in (0, 1, 2):
             run(make_cfg(f"method={method}", f"seed={seed}", *BUDGET, tmp_path=tmp, data_root=fake_root))
     out = tmp / "results"
-    script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out))
+    run(make_cfg("method=leap", "seed=0", *BUDGET, "tag=-other", tmp_path=tmp, data_root=fake_root))  # not the study
+    script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out), "--row", "2")
     return out
 
 
@@ -38,7 +39,7 @@ def test_one_row_per_method_budget_and_seed(study):
     got = sorted((r["method"], int(r["budget"]), int(r["seed"])) for r in rows)
     want = sorted([(m, b, s) for m in ("leap", "reptile") for b in (2, 4, 6) for s in (0, 1, 2)]
                   + [("scratch", 0, s) for s in (0, 1, 2)])
-    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test)
+    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); the tagged run left out
     assert all(r["split_seed"] == r["seed"] and r["commit"] and r["command"].startswith("python run.py") for r in rows)
     assert len(list((study / "runs").glob("*/summary.json"))) == 9
 
@@ -46,6 +47,7 @@ def test_one_row_per_method_budget_and_seed(study):
 def test_table_has_paired_differences_and_regenerates_byte_for_byte(study):
     md = (study / "budget.md").read_text()
     assert "| 6 |" in md and "Paired differences at 6 task trainings" in md and "| paper (20,000) |" in md
+    assert "(2 pretraining alphabets)" in md and "| Leap | " in md.split("## Trend")[1]
     before = {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")}
     script("scripts/budget_study.py", "--out", str(study))  # from the CSV alone, as `make budget` does
     assert {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")} == before

@@ -53,6 +53,7 @@ def test_config_composes(method, scale, tmp_path):
         assert len(cfg.data.datasets) == 8 and cfg.data.max_train is None and cfg.model.filters == 64
         assert inner.steps == 10 and inner.patience == 1 and cfg.train.meta_batch_size == 10
         assert cfg.eval.max_steps == 100 and cfg.eval.epochs and cfg.eval.auc_all and cfg.eval.patience == 1
+    assert build(cfg.eval).stop_on == build(cfg.val).stop_on == "val"  # stop on validation images, report test
     if method == "leap":  # Adam 0.01 on the shared body
         assert learner.scope == "body." and learner.meta_optimizer.func is torch.optim.Adam
         assert learner.meta_optimizer.keywords == {"lr": 0.01}
@@ -81,6 +82,17 @@ def test_missing_dataset_names_it(tmp_path):
     cfg = make_cfg("experiment=multicv", "heldout=svhn", "data.download=false", tmp_path=tmp_path)
     with pytest.raises(DataError, match="svhn"):
         build(cfg.data)
+
+
+@needs_data
+@pytest.mark.parametrize("method", ["reptile", "fomaml"])
+def test_reptile_and_fomaml_run_with_tasks_that_stop_early(method, tmp_path):
+    """Multi-CV's pretraining tasks stop on validation (variable K): the last step is the last one taken."""
+    cfg = make_cfg(*SMOKE, f"method={method}", tmp_path=tmp_path)
+    summary = run(cfg)
+    assert summary["status"] == "finished" and 0 <= summary["test"]["error"] <= 100
+    rows = [json.loads(x) for x in open(f"{cfg.run_dir}/metrics.jsonl")]
+    assert sum(r["split"] == "train" for r in rows) == cfg.train.meta_steps
 
 
 @needs_data
@@ -177,10 +189,11 @@ def test_adaptation_in_epochs_with_auc_over_the_whole_curve():
     task = synthetic(n=64, val=16)
     run_ = adapt(linear(), task, Inner(sgd(0.1), 1, 32), Adaptation(mode="early_stop", epochs=True, steps=1,
                                                                    max_steps=4, eval_every=1, patience=99,
-                                                                   auc_all=True), torch.Generator())
+                                                                   auc_all=True, stop_on="val"), torch.Generator())
     assert run_["steps"] == 8 and run_["auc"] == pytest.approx(auc(run_["curve"]), abs=0.01)
     first = adapt(linear(), task, Inner(sgd(0.1), 1, 32), Adaptation(mode="early_stop", epochs=True, steps=1,
-                                                                    max_steps=4, eval_every=1, patience=99),
+                                                                    max_steps=4, eval_every=1, patience=99,
+                                                                    stop_on="val"),
                   torch.Generator())
     assert first["auc"] == pytest.approx(auc(first["curve"][:2]), abs=0.01)  # default: the first `steps` only
 
@@ -201,9 +214,9 @@ def test_training_from_scratch_learns_mnist():
     torch.manual_seed(0)
     model = MultiHeadConvNet(data.heads, filters=8)
     res = adapt(model, data.test[0], Inner(sgd(0.1), 1, 32),
-                Adaptation(mode="early_stop", epochs=True, steps=1, max_steps=3, eval_every=1, patience=3),
+                Adaptation(mode="early_stop", epochs=True, steps=1, max_steps=3, eval_every=1, patience=3, stop_on="val"),
                 torch.Generator().manual_seed(0))
-    assert res["error"] < 30 and res["best_step"] > 0
+    assert res["error"] < 30 and res["best_step"] > 0 and res["oracle_error"] <= res["error"]
 
 
 # ----------------------------------------------------------------------------------------------- runs, Table 2

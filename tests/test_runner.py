@@ -118,13 +118,13 @@ def test_test_at_schedule_tests_the_initialization_it_reached(fake_root, tmp_pat
     """``train.test_at``: the current initialization is tested after the listed meta-steps; without validation
     the final test tests the same initialization as a test-at entry at the last step, with the same result."""
     cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, "train.val_every=null", "train.meta_steps=3",
-                   "train.test_at=[3,1]", tmp_path=tmp_path, data_root=fake_root)
+                   "train.test_at=[3,1]", "seed=1", tmp_path=tmp_path, data_root=fake_root)
     summary = run(cfg)
     assert [(t["meta_step"], t["budget"]) for t in summary["test_at"]] == [(1, 2), (3, 6)]  # budget: task trainings
     last = summary["test_at"][-1]
     assert {k: last[k] for k in ("error", "auc", "train_error")} == {k: summary["test"][k] for k in ("error", "auc", "train_error")}
     assert [r["meta_step"] for r in rows(Path(cfg.run_dir)) if r["split"] == "test_at"] == [1, 3]
-    assert summary["val_tasks"] and summary["split_seed"] == 0
+    assert summary["val_tasks"] and summary["split_seed"] == 1  # the seed is the split
 
 
 @pytest.mark.parametrize("value", ["[0]", "[4]", "5"])
@@ -133,3 +133,21 @@ def test_test_at_outside_the_run_is_refused(value, fake_root, tmp_path):
     with pytest.raises(ConfigError, match="train.test_at"):
         run(cfg)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("folder", ["omniglot/small/runs/leap/n16-s0", "omniglot/small/runs/reptile/n6-s0",
+                                    "multicv/small/runs/leap/cifar10-s1"])
+def test_runs_recorded_by_earlier_versions_keep_their_identity(folder):
+    """A finished run recorded before keys were added or renamed (data.seed, eval.stop_on, train.test_at, ...)
+    is still the same run for today's config with the same command, so sweeps skip it instead of refusing."""
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from leapbench.runner import _result_config
+
+    run_dir = ROOT / "results" / folder
+    summary = json.loads((run_dir / "summary.json").read_text())
+    new = make_cfg(  # the sweep file sets the scale and the launcher (whose keys do not change results)
+        *[w for w in summary["command"].split()[2:] if not w.startswith("+sweep")], "scale=small",
+                   *(["experiment=multicv"] if folder.startswith("multicv") else []))
+    assert _result_config(OmegaConf.load(run_dir / "config.yaml")) == _result_config(new)

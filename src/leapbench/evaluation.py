@@ -7,7 +7,10 @@ Metrics are percentages (0-100), as in the paper's tables:
   axis, ``100 * sum_{i=1}^{T-1} (e_{i-1} + e_i) / 2 / (T - 1)``, i.e. the mean error along the curve
   (the reference ``compute_auc`` divides by T instead, 1 % lower at T = 100); ``e_i`` is the error on the
   i-th training batch before its update;
-* ``train_error``: error of the adapted model on the task's whole (un-augmented) training set.
+* ``train_error``: error of the adapted model on the task's whole (un-augmented) training set;
+* ``oracle_error``: the best held-out error at any early-stopping check, i.e. the stopping point chosen on the
+  held-out images themselves (equal to ``error`` under ``stop_on=heldout`` and in ``fixed`` mode); under
+  ``stop_on=val``, ``oracle_error - error`` is the optimism of selecting on the reported images, on one trajectory.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ class Adaptation:
     set (Multi-CV: at most 100 epochs, early stopping checked after every epoch).
     """
 
-    scores = ("error", "auc", "train_error")  # what ``run`` reports per task; ``evaluate`` averages them
+    scores = ("error", "auc", "train_error", "oracle_error")  # what ``run`` reports per task; ``evaluate`` averages them
 
     mode: str = "fixed"
     steps: int = 100
@@ -99,20 +102,23 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
     if adaptation.mode == "fixed":
         curve = inner.train(model, task, generator, steps=steps)
         best, best_step = error_on(model, *task.heldout(generator)), len(curve)
+        oracle = best
     else:
         # stop_on=val: watch the validation images and report the held-out (test) error where they were best;
-        # stop_on=heldout: watch and report the held-out images (the paper's wording).
+        # stop_on=heldout: watch and report the held-out images (the paper's wording). Either way ``oracle`` is
+        # the best held-out error at any check: what the paper's rule would report on this very trajectory.
         has_val = adaptation.stop_on == "val"
         if has_val and task.x_val is None:
             task = with_validation(task, adaptation.val_per_class)
-        state = {"best": float("inf"), "bad": 0, "test": float("inf"), "step": 0}
+        state = {"best": float("inf"), "bad": 0, "test": float("inf"), "step": 0, "oracle": float("inf")}
 
         def watch(step: int) -> bool:
-            err = error_on(model, task.x_val, task.y_val) if has_val else error_on(model, *task.heldout(generator))
+            heldout = error_on(model, *task.heldout(generator))
+            err = error_on(model, task.x_val, task.y_val) if has_val else heldout
+            state["oracle"] = min(state["oracle"], heldout)
             improved = err < state["best"]
             if improved:
-                state["best"], state["step"] = err, step
-                state["test"] = error_on(model, *task.heldout(generator)) if has_val else err
+                state["best"], state["step"], state["test"] = err, step, heldout
             return improved
 
         def check(i: int) -> bool:
@@ -123,7 +129,7 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
 
         curve = inner.train(model, task, generator, steps=max_steps, after_step=check)
         watch(len(curve))
-        best, best_step = state["test"], state["step"]
+        best, best_step, oracle = state["test"], state["step"], state["oracle"]
     return {
         "name": task.name,
         "error": 100 * best,
@@ -131,6 +137,7 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
         "train_error": 100 * error_on(model, task.x_train, task.y_train),
         "steps": len(curve),
         "best_step": best_step,  # the update count the reported error was scored after
+        "oracle_error": 100 * oracle,  # the best held-out error at any check (= error under stop_on=heldout)
         "curve": thin(curve),  # every point up to MAX_POINTS; longer curves as means of equal bins
     }
 

@@ -39,8 +39,7 @@ NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "path
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
 ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inner", "patience"): None,
-                  ("inner", "check_every"): 20,
-                  ("eval", "stop_on"): "heldout", ("eval", "val_per_class"): 3}
+                  ("inner", "check_every"): 20, ("eval", "stop_on"): "heldout", ("eval", "val_per_class"): 3}
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
 LOCK = ".lock"
@@ -127,15 +126,37 @@ def bench_commit() -> str:
     return provenance(None, CODE + ("scripts",))["commit"]
 
 
+def upgrade(config: dict) -> dict:
+    """A config recorded by an earlier version, in today's keys, for the same computation (a copy).
+
+    ``data.seed`` (the legacy split's seed) became ``data.split_seed``; Multi-CV stopped on validation images
+    before ``eval.stop_on`` existed (``val`` is ``eval`` there).
+    """
+    c = copy.deepcopy(config)
+    data = c.get("data")
+    if isinstance(data, dict) and "seed" in data:
+        seed = data.pop("seed")
+        if data.get("legacy_split"):
+            data["split_seed"] = seed
+    if c.get("experiment_name") == "multicv":
+        for group in ("eval", "val"):
+            if isinstance(c.get(group), dict):
+                c[group].setdefault("stop_on", "val")
+    return c
+
+
 def _result_config(config: DictConfig | dict) -> dict:
     """The resolved config without the keys that only say where things are (they never change results)."""
     c = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+    c = upgrade(c)
     c = {k: v for k, v in c.items() if k not in NON_RESULT_KEYS and k != "run_dir"}
     if isinstance(c.get("data"), dict):
         c["data"] = {k: v for k, v in c["data"].items() if k not in ("root", "cache_dir", "download")}
     if isinstance(c.get("train"), dict):
         c["train"] = {k: v for k, v in c["train"].items() if k not in NON_RESULT_TRAIN_KEYS}
-    for (group, key), default in ADDED_DEFAULTS.items():
+    defaults = ADDED_DEFAULTS | ({("eval", "stop_on"): "val", ("val", "stop_on"): "val"}
+                                 if c.get("experiment_name") == "multicv" else {})
+    for (group, key), default in defaults.items():
         if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
             c[group] = {k: v for k, v in c[group].items() if k != key}
     return c
