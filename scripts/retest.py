@@ -1,10 +1,11 @@
-"""Test finished runs' initializations again under another adaptation protocol, on the same test tasks and batches.
+"""Test finished runs' initializations again under another adaptation protocol, on the same test tasks and seed.
 
     python scripts/retest.py RUN_DIR [RUN_DIR ...] --set eval.stop_on=val [--set KEY=VALUE ...] --out FILE.csv
 
 Each run's ``init.pt`` (the initialization its test used) is adapted with the run's own config changed by the
 ``--set`` overrides (dotted keys, OmegaConf syntax) and the run's test seed, so the two results differ only by the
-overrides. One row per run: the recorded test and the new one. Used for the bias of the paper's stopping rule
+overrides (with the same keys it repeats the recorded test exactly; ``eval.stop_on=val`` also shrinks the training
+set, so its batches differ). One row per run: the recorded test and the new one. Used for the bias of the paper's stopping rule
 (docs/reproduction.md): the same initializations stopped on held-out versus validation images.
 """
 from __future__ import annotations
