@@ -16,8 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.errors import LeapError  # noqa: E402
@@ -38,9 +40,18 @@ def retest(run_dir: Path, overrides: list[str]) -> dict:
     return {"run": "/".join(run_dir.parts[-4:]), "method": summary["method"], "seed": summary["seed"],
             "split_seed": summary.get("split_seed"), "recorded_error": round(summary["test"]["error"], 2),
             "recorded_auc": round(summary["test"]["auc"], 2), "recorded_steps": summary["mean_adapt_steps"],
-            "error": round(res["error"], 2), "auc": round(res["auc"], 2),
+            "error": round(res["error"], 2), "oracle_error": round(res["oracle_error"], 2), "auc": round(res["auc"], 2),
             "steps": sum(t["steps"] for t in res["tasks"]) / len(res["tasks"]), "overrides": " ".join(overrides),
             "run_commit": summary["commit"], "commit": provenance(None, ("src", "conf", "scripts"))["commit"]}
+
+
+def interval(x: list[float]) -> str:
+    """Mean and 95 % Student-t interval (the mean alone for one value)."""
+    d = np.asarray(x, dtype=float)
+    if len(d) < 2:
+        return f"{d.mean():+.2f}"
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
 
 
 def main() -> None:
@@ -61,6 +72,10 @@ def main() -> None:
             sys.exit(2)
         print(f"{run_dir}: {rows[-1]['recorded_error']:.1f} -> {rows[-1]['error']:.1f} % ({' '.join(args.overrides)})",
               file=sys.stderr)
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        print(f"{method} ({len(mine)} runs): recorded - retested {interval([r['recorded_error'] - r['error'] for r in mine])}, "
+              f"oracle - retested {interval([r['oracle_error'] - r['error'] for r in mine])} points of test error")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
