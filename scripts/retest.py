@@ -59,12 +59,19 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<experiment>/<method>/<scale>/<cell>-s<seed>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", required=True)
     p.add_argument("--out", type=Path, required=True, help="CSV to write (one row per run)")
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out; retest only runs not there")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
+    rows, done = [], set()
+    if args.append and args.out.exists():  # a study retested in parts: keep the rows already there
+        with args.out.open() as f:
+            rows = list(csv.DictReader(f))
+        done = {(r["run"], r["overrides"]) for r in rows}
     for run_dir in args.runs:
+        if ("/".join(run_dir.parts[-4:]), " ".join(args.overrides)) in done:
+            continue
         try:
             rows.append(retest(run_dir, args.overrides))
         except LeapError as e:
@@ -72,15 +79,17 @@ def main() -> None:
             sys.exit(2)
         print(f"{run_dir}: {rows[-1]['recorded_error']:.1f} -> {rows[-1]['error']:.1f} % ({' '.join(args.overrides)})",
               file=sys.stderr)
-    for method in sorted({r["method"] for r in rows}):
-        mine = [r for r in rows if r["method"] == method]
-        print(f"{method} ({len(mine)} runs): recorded - retested {interval([r['recorded_error'] - r['error'] for r in mine])}, "
-              f"oracle - retested {interval([r['oracle_error'] - r['error'] for r in mine])} points of test error")
+    rows.sort(key=lambda r: r["run"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        diff = lambda a, b: [float(r[a]) - float(r[b]) for r in mine]  # noqa: E731
+        print(f"{method} ({len(mine)} runs): recorded - retested {interval(diff('recorded_error', 'error'))}, "
+              f"oracle - retested {interval(diff('oracle_error', 'error'))} points of test error")
 
 
 if __name__ == "__main__":
