@@ -235,6 +235,8 @@ def plot(rows: list[dict], axes) -> None:
         if metric == "test_error" and "scratch" in paper:
             ax.plot([PAPER_BUDGET], [paper["scratch"]], "*", color=COLORS["scratch"], ms=11, mec="black", mew=0.5)
         ax.set_xscale("log")
+        if metric == "test_error":
+            ax.set_ylim(bottom=0)  # an error below zero is where a straight trend stops meaning anything
         ax.set(xlabel="task trainings seen by the initialization (log)", ylabel=ylabel)
         ax.grid(alpha=0.3, which="both", lw=0.5)
     axes[0].set_title(f"Test error; ★ the paper's Table 1 ({row} tasks, {PAPER_BUDGET:,}); dotted: trend", fontsize=10)
