@@ -21,11 +21,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import OmegaConf
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
-from leapbench.results import export_run  # noqa: E402
+from leapbench.results import export_run, format_interval, t_interval  # noqa: E402
 
 OUT = ROOT / "results" / "omniglot" / "budget"
 ROW = 20  # the Table 1 row the study runs at
@@ -99,9 +98,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, floa
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return None
-    d = np.array([a[s] - b[s] for s in seeds])
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d)
+    return (*t_interval([a[s] - b[s] for s in seeds]), len(seeds))
 
 
 def paper_row(row: int = ROW) -> dict[str, float]:
@@ -115,15 +112,6 @@ def trend(values: dict[int, float]) -> tuple[float, float]:
     b = np.array(sorted(values), dtype=float)
     slope, intercept = np.polyfit(np.log10(b), [values[int(x)] for x in b], 1)
     return float(slope), float(intercept + slope * np.log10(PAPER_BUDGET))
-
-
-def interval(x: list[float]) -> str:
-    """Mean and 95 % Student-t interval over seeds."""
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return f"{x.mean():+.1f}"
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():+.1f} [{x.mean() - half:+.1f}, {x.mean() + half:+.1f}]"
 
 
 def table_row(rows: list[dict]) -> int:
@@ -188,7 +176,7 @@ def markdown(rows: list[dict]) -> str:
             if len(by_budget) >= 2:
                 fits.append(trend(by_budget))
         if fits:
-            lines.append(f"| {LABELS.get(m, m)} | {interval([f[0] for f in fits])} | {interval([f[1] for f in fits])} "
+            lines.append(f"| {LABELS.get(m, m)} | {format_interval([f[0] for f in fits])} | {format_interval([f[1] for f in fits])} "
                          f"| {paper.get(m, float('nan')):.1f} |")
     commits = sorted({r["commit"] for r in rows})
     walls = {m: [float(r["run_wall_time_s"]) for r in rows if r["method"] == m and r["budget"] == max(

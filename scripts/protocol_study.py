@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
-from leapbench.results import export_run  # noqa: E402
+from leapbench.results import export_run, format_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "omniglot" / "protocol"
@@ -83,15 +83,6 @@ def rows(out: Path) -> list[dict]:
     return sorted(out_rows, key=lambda r: (order.index(r["rule"]), AUGMENTS.index(r["augment"]), r["seed"]))
 
 
-def interval(x: list[float]) -> str:
-    """Mean and 95 % Student-t interval."""
-    from scipy import stats
-
-    d = np.asarray(x, dtype=float)
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
-
-
 def write(table: list[dict], out: Path) -> None:
     with open(out / "protocol.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]), lineterminator="\n")
@@ -127,8 +118,8 @@ def write(table: list[dict], out: Path) -> None:
         v = {r["seed"]: r for r in groups.get((val, aug), [])}
         common = sorted(set(a) & set(v))
         if len(common) >= 2:
-            total = interval([a[s] - v[s]["test_error"] for s in common])
-            selection = interval([v[s]["oracle_error"] - v[s]["test_error"] for s in v])
+            total = format_interval([a[s] - v[s]["test_error"] for s in common])
+            selection = format_interval([v[s]["oracle_error"] - v[s]["test_error"] for s in v])
             lines.append(f"| {aug} | {total} | {selection} | {len(common)} |")
     commits = sorted({r["commit"] for r in table})
     lines += ["", f"Commit(s): {', '.join(commits)}.", ""]

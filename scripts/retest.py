@@ -16,14 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.errors import LeapError  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
+from leapbench.results import format_interval  # noqa: E402
 from leapbench.runner import build, eval_seeds, provenance, upgrade  # noqa: E402
 
 
@@ -43,15 +42,6 @@ def retest(run_dir: Path, overrides: list[str]) -> dict:
             "error": round(res["error"], 2), "oracle_error": round(res["oracle_error"], 2), "auc": round(res["auc"], 2),
             "steps": sum(t["steps"] for t in res["tasks"]) / len(res["tasks"]), "overrides": " ".join(overrides),
             "run_commit": summary["commit"], "commit": provenance(None, ("src", "conf", "scripts"))["commit"]}
-
-
-def interval(x: list[float]) -> str:
-    """Mean and 95 % Student-t interval (the mean alone for one value)."""
-    d = np.asarray(x, dtype=float)
-    if len(d) < 2:
-        return f"{d.mean():+.2f}"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
 
 
 def main() -> None:
@@ -88,8 +78,8 @@ def main() -> None:
     for method in sorted({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == method]
         diff = lambda a, b: [float(r[a]) - float(r[b]) for r in mine]  # noqa: E731
-        print(f"{method} ({len(mine)} runs): recorded - retested {interval(diff('recorded_error', 'error'))}, "
-              f"oracle - retested {interval(diff('oracle_error', 'error'))} points of test error")
+        print(f"{method} ({len(mine)} runs): recorded - retested {format_interval(diff('recorded_error', 'error'), 2)}, "
+              f"oracle - retested {format_interval(diff('oracle_error', 'error'), 2)} points of test error")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,24 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, sd
 
 
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and its 95 % Student-t interval ``(mean, low, high)``; the interval is the mean alone for one value."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(values, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), float(d.mean()), float(d.mean())
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def format_interval(values, digits: int = 1) -> str:
+    """``+m [+lo, +hi]`` (``+m`` alone for one value)."""
+    m, lo, hi = t_interval(values)
+    return f"{m:+.{digits}f}" if len(values) < 2 else f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
 def script_summaries(doc: str, experiment: str, collect: Callable[[Path, Path, str], int], default_results: Path):
     """The command line shared by the table and figure scripts: ``--scale``, ``--collect RUNS``, ``--results``.
 
