@@ -63,18 +63,16 @@ class Adaptation:
     stop_on: str = "heldout"
     val_per_class: int = 3
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # messages name the key within its group (eval or val): runner.validate
         if self.mode not in MODES:
-            raise ConfigError(f"Unknown adaptation mode {self.mode!r}; choose one of {', '.join(MODES)}.")
+            raise ConfigError(f"mode={self.mode} is not allowed; choose one of {', '.join(MODES)}.")
         if self.stop_on not in STOP_ON:
-            raise ConfigError(f"Unknown stop_on={self.stop_on!r} (eval.stop_on, val.stop_on); choose one of "
-                              f"{', '.join(STOP_ON)}.")
-        if self.val_per_class < 1:
-            raise ConfigError(f"val_per_class={self.val_per_class} (eval.val_per_class) must be at least 1.")
-        if self.steps < 1 or self.eval_every < 1 or self.patience < 1:
-            raise ConfigError("Adaptation steps, eval_every and patience must be at least 1.")
+            raise ConfigError(f"stop_on={self.stop_on} is not allowed; choose one of {', '.join(STOP_ON)}.")
+        for key in ("steps", "eval_every", "patience", "val_per_class"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
         if self.mode == "early_stop" and self.max_steps < self.steps:
-            raise ConfigError(f"Adaptation max_steps={self.max_steps} must be >= steps={self.steps}.")
+            raise ConfigError(f"max_steps={self.max_steps} must be >= steps={self.steps}.")
 
     def run(self, model: nn.Module, task: Task, inner: Inner, generator: torch.Generator) -> dict:
         return adapt(model, task, inner, self, generator)

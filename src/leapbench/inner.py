@@ -66,6 +66,8 @@ class Inner:
     so ``patience`` applies to meta-training only.
     """
 
+    cpu_only = False
+
     def __init__(self, optimizer: Callable[..., Optimizer], steps: int, batch_size: int, epochs: bool = False,
                  patience: int | None = None, check_every: int = 20) -> None:
         lr = optimizer_lr(optimizer)
@@ -86,6 +88,13 @@ class Inner:
     def fixed_steps(self) -> int | None:
         """The number of updates every task takes in meta-training when it is known before the task starts, else None."""
         return None if self.epochs or self.patience is not None else self.steps
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What this learning process offers a method (``runner.NEEDS``): labelled batches, and with this config
+        maybe a fixed number of updates per task and plain SGD (what ``method.batched=true`` needs)."""
+        return frozenset({"labels"} | ({"fixed_length"} if self.fixed_steps is not None else set())
+                         | ({"plain_sgd"} if self.sgd_lr is not None else set()))
 
     @property
     def sgd_lr(self) -> float | None:

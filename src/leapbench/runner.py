@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, schema
 from .errors import ConfigError, LeapError, WriteError, write_error
 from .evaluation import evaluate
 from .inner import DivergenceError
@@ -43,6 +43,11 @@ ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inne
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
 LOCK = ".lock"
+# What a method may need (``MetaLearner.requires``) and a learning process or benchmark may offer (``provides``).
+NEEDS = {"labels": "labelled training batches (a supervised learning process)",
+         "shared_head": "tasks that share one output layer",
+         "fixed_length": "every task to train for exactly inner.steps updates (no inner.epochs, no inner.patience)",
+         "plain_sgd": "a plain SGD inner optimizer (no momentum or weight decay)"}
 
 
 def build(node: DictConfig, **kwargs):
@@ -68,14 +73,41 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.val_every={t.val_every} must be at least 1 (or null to never validate).")
     if t.ckpt_every is not None and t.ckpt_every < 1:
         raise ConfigError(f"train.ckpt_every={t.ckpt_every} must be at least 1 (or null for no checkpoints).")
-    if t.val_metric not in ("error", "auc"):
-        raise ConfigError(f"train.val_metric={t.val_metric!r} must be 'error' or 'auc'.")
-    if t.on_divergence not in ("stop", "skip"):
-        raise ConfigError(f"train.on_divergence={t.on_divergence!r} must be 'stop' or 'skip'.")
     for s in test_schedule(cfg):
         if not 1 <= s <= t.meta_steps:
             raise ConfigError(f"train.test_at={list(t.test_at)} holds {s}; every entry must be a meta-step in "
                               f"1..train.meta_steps={t.meta_steps}.")
+
+
+def validate(cfg: DictConfig) -> tuple:
+    """Every check that needs no data, before anything is written: the device, the schema's types and choices
+    (``schema.check_types``), ranges (here and in the constructors) and the method x experiment pair.
+    Returns the learning process, the method and the validation and test adaptations, built."""
+    check_device(str(cfg.device))
+    schema.check_types(cfg)
+    check(cfg)
+    inner, learner = build(cfg.inner), build(cfg.method)
+    test_adapt, val_adapt = (build_adaptation(cfg, group) for group in ("eval", "val"))
+    if cfg.device != "cpu" and inner.cpu_only:
+        raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
+    offered = inner.provides | get_class(cfg.data._target_).provides
+    missing = sorted(learner.requires - offered)
+    if missing:
+        how, fix = ((" with method.batched=true", "set method.batched=false") if learner.batched else
+                    ("", "choose another method (README, Methods)"))
+        raise ConfigError(f"method={learner.name}{how} needs {NEEDS[missing[0]]}, which experiment="
+                          f"{cfg.experiment_name} does not offer with this config; {fix}.")
+    if learner.batched and cfg.train.on_divergence == "skip":
+        raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
+    return inner, learner, val_adapt, test_adapt
+
+
+def build_adaptation(cfg: DictConfig, group: str):
+    """``build(cfg.eval)`` or ``build(cfg.val)``, with the group named in a refusal (the class serves both)."""
+    try:
+        return build(cfg[group])
+    except ConfigError as e:
+        raise ConfigError(f"{group}.{e}") from None
 
 
 def test_schedule(cfg: DictConfig) -> list[int]:
@@ -86,18 +118,26 @@ def test_schedule(cfg: DictConfig) -> list[int]:
     return sorted(set(at))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (under torchrun each rank takes ``cuda:LOCAL_RANK``) or ``cuda:N``; a ConfigError if unusable."""
+def check_device(name: str) -> int | None:
+    """The GPU index that ``device`` names (None for the CPU); a ConfigError if it is malformed or not there."""
     if name == "cpu":
-        return torch.device("cpu")
+        return None
     if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ConfigError(f"device={name!r} must be cpu, cuda or cuda:N.")
+        raise ConfigError(f"device={name} is not allowed; choose cpu, cuda or cuda:N.")
     if not torch.cuda.is_available():
         raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU; run with device=cpu, or install a CUDA "
                           "build of PyTorch on a machine with a GPU.")
     index = int(os.environ.get("LOCAL_RANK", "0")) if name == "cuda" else int(name.split(":", 1)[1])
     if index >= torch.cuda.device_count():
         raise ConfigError(f"device={name} asks for GPU {index}, but only {torch.cuda.device_count()} are visible.")
+    return index
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (under torchrun each rank takes ``cuda:LOCAL_RANK``) or ``cuda:N``, made current."""
+    index = check_device(name)
+    if index is None:
+        return torch.device("cpu")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -183,15 +223,18 @@ def finished_run(cfg: DictConfig) -> dict | None:
 class RunsFolderCheck(Callback):
     """Hydra callback: fail with one message, exit 2, when ``paths.runs`` cannot be written.
 
-    Hydra creates each job's folder before ``run`` starts, so an unwritable runs folder would otherwise surface
-    as Hydra's traceback.
+    A multirun's sweeper writes ``multirun.yaml`` there before any job starts, so an unwritable runs folder
+    would otherwise surface as Hydra's traceback. The folder itself is not created here: the nearest folder
+    that exists is probed (and left as it was).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        runs = Path(config.paths.runs)
+        runs = Path(config.paths.runs).absolute()
         try:
-            runs.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=runs, prefix=".write-test-")  # unique: ranks check at once
+            folder = next(p for p in (runs, *runs.parents) if p.exists())
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")  # unique: ranks check at once
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
@@ -279,8 +322,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     Under ``torchrun`` every rank calls this: the ranks split each meta-batch and each evaluation, and rank 0
     alone writes the run directory and the logs.
     """
-    check(cfg)
-    device = resolve_device(str(cfg.get("device", "cpu")))
+    inner, learner, val_adapt, test_adapt = validate(cfg)
+    device = resolve_device(str(cfg.device))
     distributed.init(device)
     done = finished_run(cfg)
     if done is not None:
@@ -290,12 +333,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         torch.set_num_threads(int(cfg.threads))
 
     data = build(cfg.data)
-    inner = build(cfg.inner)
-    learner: MetaLearner = build(cfg.method)
     learner.skip_diverging = cfg.train.on_divergence == "skip"
-    val_adapt, test_adapt = build(cfg.val), build(cfg.eval)
-    if device.type != "cpu" and getattr(inner, "cpu_only", False):
-        raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
     if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):

@@ -14,10 +14,13 @@ from ..rl.atari import MAX_ACTIONS, action_counts, check_game
 class AtariGames:
     """Pretraining and evaluation games; ``heads`` maps every game to its number of (minimal) actions."""
 
+    provides: frozenset[str] = frozenset()  # every game has its own policy head (runner.NEEDS)
+
     def __init__(self, pool: list[str], heldout: list[str], test: list[str], pretrain: list[str] | None = None) -> None:
         counts = action_counts()
-        for game in [*pool, *heldout, *test, *(pretrain or [])]:
-            check_game(game)
+        for key, games in (("pool", pool), ("heldout", heldout), ("test", test), ("pretrain", pretrain or [])):
+            for game in games:
+                check_game(game, f"data.{key}")
         wide = [g for g in pool if counts[g] > MAX_ACTIONS]
         if wide:
             raise ConfigError(f"data.pool holds games with more than {MAX_ACTIONS} actions ({', '.join(wide)}); "

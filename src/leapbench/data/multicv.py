@@ -356,6 +356,8 @@ class MultiCV:
     ``small`` preset), ``None`` keeps everything. No augmentation.
     """
 
+    provides: frozenset[str] = frozenset()  # every dataset has its own head (runner.NEEDS)
+
     def __init__(self, root: str, heldout: str, datasets: list[str] | tuple[str, ...] = DATASETS,
                  val_fraction: float = 0.1, max_train: int | None = None, max_test: int | None = None,
                  split_seed: int = 0, download: bool = False) -> None:

@@ -180,6 +180,8 @@ def _rotate36(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class Omniglot:
     """The Omniglot benchmark: lists of pretraining, validation and test tasks (alphabets)."""
 
+    provides = frozenset({"shared_head"})  # 20-way tasks on one output layer (runner.NEEDS)
+
     def __init__(
         self,
         root: str,

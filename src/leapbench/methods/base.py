@@ -27,6 +27,8 @@ class MetaLearner(ABC):
     """
 
     trains = True
+    requires: frozenset[str] = frozenset()  # what the experiment must offer (runner.NEEDS)
+    batched = False  # tasks side by side (methods/batched.py)
     skip_diverging = False  # train.on_divergence=skip: drop a diverging task from its meta-batch (see below)
 
     def __init__(self, name: str) -> None:
@@ -121,6 +123,8 @@ class InitializationLearner(MetaLearner):
         if lr is not None and not lr > 0:
             raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
         self.meta_optimizer, self.scope, self.batched = meta_optimizer, scope, batched
+        # Tasks side by side (batched.py) need one network shape, a known length and plain SGD.
+        self.requires = frozenset({"shared_head", "fixed_length", "plain_sgd"} if batched else ())
 
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..inner import Inner, train_step
 from ..tasks import Task
 from .base import MetaLearner
@@ -31,13 +30,11 @@ class Finetune(MetaLearner):
     def __init__(self, name: str, multi_head: bool = True) -> None:
         super().__init__(name)
         self.multi_head = multi_head
+        self.requires = frozenset({"labels"} | (set() if multi_head else {"shared_head"}))
 
     def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
-        self.named_heads = hasattr(model, "heads")
-        if self.named_heads and not self.multi_head:
-            raise ConfigError(f"method={self.name} shares one head across tasks, but this experiment gives every "
-                              "task its own head; use method=finetune.")
+        self.named_heads = hasattr(model, "heads")  # a single head (multi_head=false) needs none: runner.validate
         self.heads = nn.ModuleList()
         if self.multi_head and not self.named_heads:
             self.heads = nn.ModuleList(_fresh(model.head) for _ in range(num_tasks))

@@ -127,6 +127,7 @@ class A2C:
     """
 
     cpu_only = True  # observations, returns and the model meet on the CPU (the runner refuses device=cuda)
+    provides = frozenset({"fixed_length"})  # no labelled batches, no plain SGD (runner.NEEDS)
 
     def __init__(
         self,
@@ -301,8 +302,9 @@ class Training:
     points: int = 100
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.window < 1 or self.points < 1:
-            raise ConfigError("eval.frames, eval.window and eval.points must be at least 1.")
+        for key in ("frames", "window", "points"):  # named within the group (eval or val): runner.validate
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
 
     def run(self, model: ActorCritic, task: Game, inner: A2C, generator: torch.Generator) -> dict:
         per_update = inner.num_envs * inner.unroll * FRAMESKIP

@@ -74,17 +74,18 @@ def action_counts() -> dict[str, int]:
     return dict(_ACTION_COUNTS)
 
 
-def check_game(name: str) -> str:
-    """Return ``name`` if it is a loadable ale-py ROM id; otherwise raise a ConfigError naming close matches."""
+def check_game(name: str, key: str = "game") -> str:
+    """Return ``name`` if it is a loadable ale-py ROM id; otherwise raise a ConfigError naming ``key`` (the
+    config key that holds it) and close matches."""
     if name in _ACTION_COUNTS:
         return name
     if name in UNLOADABLE:
-        raise ConfigError(f"Atari game {name!r} ships with ale-py but its ROM does not load (MD5 rejected). "
+        raise ConfigError(f"{key}: Atari game {name!r} ships with ale-py but its ROM does not load (MD5 rejected). "
                           "Choose another game.")
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_")  # SpaceInvaders -> space_invaders
     close = difflib.get_close_matches(snake, _ACTION_COUNTS, n=5, cutoff=0.6)
     hint = f"Did you mean {', '.join(close)}?" if close else f"Valid names: {', '.join(sorted(_ACTION_COUNTS))}."
-    raise ConfigError(f"Unknown Atari game {name!r}: use ale-py's snake_case ROM ids (\"space_invaders\", "
+    raise ConfigError(f"{key}: unknown Atari game {name!r}; use ale-py's snake_case ROM ids (\"space_invaders\", "
                       f"not \"SpaceInvaders\"). {hint}")
 
 

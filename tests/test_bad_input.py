@@ -1,0 +1,140 @@
+"""Bad input through the real CLI, as a new user types it: every refusal is one short message that names the
+key, exit code 2, no traceback, and nothing new under ``paths.runs`` (docs/reliability.md, Bad input)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, FAKE, ROOT
+
+OMNIGLOT, MULTICV, ATARI = "experiment=omniglot", "experiment=multicv", "experiment=atari"
+# (experiment, bad overrides, what the message must say)
+CATALOGUE = [
+    # wrong types
+    (OMNIGLOT, ["seed=notanumber"], "seed=notanumber must be an integer"),
+    (OMNIGLOT, ["train.meta_steps=abc"], "train.meta_steps=abc must be an integer"),
+    (OMNIGLOT, ["train.meta_steps=2.5"], "train.meta_steps=2.5 must be an integer"),
+    (OMNIGLOT, ["method.norm=maybe"], "method.norm=maybe must be true or false"),
+    (OMNIGLOT, ["overwrite=1"], "overwrite=1 must be true or false"),
+    (OMNIGLOT, ["threads=two"], "threads=two must be an integer"),
+    (OMNIGLOT, ["inner.optimizer.lr=fast"], "inner.optimizer.lr=fast must be a number"),
+    (OMNIGLOT, ["train.test_at=5"], "train.test_at=5 must be a list"),
+    (ATARI, ["inner.updates=1.5"], "inner.updates=1.5 must be an integer"),
+    # values outside a closed set
+    (OMNIGLOT, ["eval.stop_on=vall"], "eval.stop_on=vall is not allowed; choose one of heldout, val (did you mean val?)"),
+    (OMNIGLOT, ["eval.mode=forever"], "eval.mode=forever is not allowed"),
+    (OMNIGLOT, ["data.augment=rotate"], "data.augment=rotate is not allowed; choose one of reference, rotate36, none"),
+    (OMNIGLOT, ["data.resample=bicubic"], "data.resample=bicubic is not allowed"),
+    (OMNIGLOT, ["train.val_metric=loss"], "train.val_metric=loss is not allowed; choose one of error, auc"),
+    (OMNIGLOT, ["train.on_divergence=ignore"], "train.on_divergence=ignore is not allowed; choose one of stop, skip"),
+    (OMNIGLOT, ["logger=wandb", "logger.mode=sometimes"], "logger.mode=sometimes is not allowed"),
+    (OMNIGLOT, ["device=tpu"], "device=tpu is not allowed; choose cpu, cuda or cuda:N"),
+    # ranges and rules across keys
+    (OMNIGLOT, ["inner.optimizer.lr=-1"], "inner.optimizer.lr=-1 must be positive"),
+    (OMNIGLOT, ["train.meta_batch_size=0"], "train.meta_batch_size=0 must be at least 1"),
+    (OMNIGLOT, ["eval.max_steps=2"], "eval.max_steps=2 must be >= steps=5"),
+    (OMNIGLOT, ["inner.patience=0"], "inner.patience=0 must be at least 1"),
+    (OMNIGLOT, ["train.test_at=[999]"], "train.test_at=[999] holds 999"),
+    (OMNIGLOT, ["data.num_pretrain=99"], "data.num_pretrain=99 is out of range"),
+    (ATARI, ["inner.gamma=2"], "inner.gamma=2 must be in [0, 1]"),
+    (ATARI, ["eval.frames=0"], "eval.frames=0 must be at least 1"),
+    (MULTICV, ["data.val_fraction=1.5"], "data.val_fraction=1.5 must lie strictly between 0 and 1"),
+    # misspelt keys and options
+    (OMNIGLOT, ["train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
+    (OMNIGLOT, ["+train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
+    (OMNIGLOT, ["+seed=3"], "+seed=3: seed exists already; drop the +"),
+    (OMNIGLOT, ["method=leep"], "method=leep: no such option; choose one of"),
+    (OMNIGLOT, ["scale=huge"], "scale=huge: no such option; choose one of budget, paper, small, smoke"),
+    (OMNIGLOT, ["experiment=omniglott"], "experiment=omniglott: no such option"),
+    (OMNIGLOT, ["seed=["], "cannot read 'seed=['"),
+    # impossible method x experiment pairs
+    (MULTICV, ["method=finetune_single"], "method=finetune_single needs tasks that share one output layer"),
+    (ATARI, ["method=finetune"], "method=finetune needs labelled training batches"),
+    (OMNIGLOT, ["method.batched=true", "inner.patience=5"], "method=leap with method.batched=true needs every task to "
+                                                            "train for exactly inner.steps updates"),
+    (OMNIGLOT, ["method.batched=true", "train.on_divergence=skip"], "method.batched=true does not support "
+                                                                    "train.on_divergence=skip"),
+    # unknown games and datasets, missing data
+    (ATARI, ["data.test=[pong,pongg]"], "data.test: unknown Atari game 'pongg'"),
+    (ATARI, ["data.heldout=[SpaceInvaders]"], "data.heldout: unknown Atari game 'SpaceInvaders'"),
+    (MULTICV, ["heldout=cifar11"], "heldout=cifar11 is not allowed"),
+    (MULTICV, ["data.datasets=[mnist,svhm]"], "data.datasets[1]=svhm is not allowed"),
+    (MULTICV, ["paths.data=EMPTY", "data.download=false"], "not found under data.root="),
+]
+
+
+def cli(experiment: str, *args: str, runs: Path, fake_root: Path) -> subprocess.CompletedProcess:
+    data = [*FAKE, f"paths.data={fake_root}"] if experiment == OMNIGLOT else [f"paths.data={DATA}"]
+    return subprocess.run([sys.executable, "run.py", experiment, "scale=smoke", *data, *args, f"paths.runs={runs}",
+                           f"paths.cache={runs.parent / 'cache'}", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def refused(out: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2 with one short message (a missing dataset also lists its missing files) that says ``message``."""
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "search path" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) <= 5, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("experiment, overrides, message", CATALOGUE, ids=[" ".join(c[1]) for c in CATALOGUE])
+def test_bad_input_is_refused_in_one_message(experiment, overrides, message, fake_root, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "earlier.txt").write_text("an earlier result")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    overrides = [o.replace("EMPTY", str(empty)) for o in overrides]
+    refused(cli(experiment, *overrides, runs=runs, fake_root=fake_root), message)
+    assert sorted(p.name for p in runs.rglob("*")) == ["earlier.txt"]  # nothing new, nothing lost
+
+
+def test_the_catalogue_is_at_least_25_inputs_across_the_three_experiments():
+    assert len(CATALOGUE) >= 25 and {c[0] for c in CATALOGUE} == {OMNIGLOT, MULTICV, ATARI}
+
+
+def test_a_missing_runs_folder_is_not_created_by_a_refusal(fake_root, tmp_path):
+    refused(cli(OMNIGLOT, "seed=x", runs=tmp_path / "new" / "runs", fake_root=fake_root), "seed=x")
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_value_aimed_at_a_finished_run_names_the_value_and_changes_nothing(fake_root, tmp_path):
+    """The bad value is named (not "holds a finished run with a different config"); the folder keeps every byte."""
+    runs = tmp_path / "runs"
+    assert cli(OMNIGLOT, "method=scratch", runs=runs, fake_root=fake_root).returncode == 0
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    for bad, message in (("inner.optimizer.lr=-1", "inner.optimizer.lr=-1 must be positive"),
+                         ("eval.stop_on=vall", "eval.stop_on=vall is not allowed"),
+                         ("eval.patience=0", "eval.patience=0 must be at least 1")):
+        refused(cli(OMNIGLOT, "method=scratch", bad, runs=runs, fake_root=fake_root), message)
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
+
+
+def test_a_multirun_reports_the_bad_job_and_runs_the_others(fake_root, tmp_path):
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "run.py", "-m", "method=scratch", "seed=abc,1", "scale=smoke", *FAKE,
+                          f"paths.data={fake_root}", f"paths.runs={runs}", f"paths.cache={tmp_path / 'cache'}",
+                          "progress=false"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "error: seed=abc must be an integer." in out.stderr and "failed (error: above)" in out.stderr
+    assert [p.parent.name for p in runs.rglob("summary.json")] == ["n2-s1"]  # the good job ran
+
+
+def test_a_misspelt_sweep_value_is_refused_before_any_job_runs(fake_root, tmp_path):
+    out = subprocess.run([sys.executable, "run.py", "-m", "method=scratch,leep", "scale=smoke",
+                          f"paths.runs={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True, text=True)
+    refused(out, "method=leep: no such option")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_is_the_suites_own_page():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for text in ("Leap", "python run.py experiment=omniglot method=leap scale=small", "+sweep=omniglot_small",
+                 "torchrun", "device=cuda", "method: finetune, finetune_single, fomaml, leap", "docs/reproduction.md"):
+        assert text in out.stdout, text
