@@ -16,27 +16,30 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from leapbench import distributed
+from leapbench import distributed, schema
 from leapbench.errors import LeapError
 from leapbench.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        s = run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        s = run(cfg, overrides=overrides)
         if distributed.is_main():
             scores = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in s["test"].items() if isinstance(v, float))
             print(f"[leapbench] {s['method']}: test {scores} on {len(s['test']['tasks'])} test tasks "
                   f"-> {cfg.run_dir}/summary.json")
-    except LeapError as e:  # a refused config, missing data, a diverged run, a failed write: one message
+    except (LeapError, OmegaConfBaseException) as e:  # a refused config, missing data, a diverged run, a bad write
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the launcher records the job as failed, runs the others
-            raise JobFailed(f"job {' '.join(HydraConfig.get().overrides.task)} failed (error: above); "
-                            "the sweep's other jobs ran.") from None
+        message = str(e) if isinstance(e, LeapError) else f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}"
+        print(f"error: {'[' + ' '.join(overrides) + '] ' if multirun else ''}{message}", file=sys.stderr)
+        if multirun:  # the launcher records the job as failed and goes on with the others
+            raise JobFailed(f"job [{' '.join(overrides)}] failed: {message}") from None
         sys.exit(2)
 
 
@@ -54,9 +57,10 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 
 def preflight(args: list[str]) -> None:
-    """Compose the command's configs once before Hydra does, so that a misspelt key or group option costs one
-    line (exit 2) instead of Hydra's report and search path. In a multirun every swept value is composed once.
+    """Compose the command once before Hydra does, so that a misspelt key or group option costs one line
+    (exit 2) instead of Hydra's report and search path. In a multirun each swept group option is composed once.
     Hydra's own flags (--help, --cfg, ...) and ``HYDRA_FULL_ERROR=1`` (the full story) skip this."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") and a not in ("-m", "--multirun")
                                                         for a in args):
         return
@@ -69,17 +73,25 @@ def preflight(args: list[str]) -> None:
             fail(f"cannot read {o!r} ({str(e).strip().splitlines()[0]}); write key=value, e.g. seed=1 or "
                  "train.test_at=[16,40].")
     parsed = parser.parse_overrides(overrides)
-    first = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-             for o in parsed]
-    jobs = [first]
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override():
-            jobs += [[*first[:i], f"{o.get_key_element()}={v}", *first[i + 1:]] for v in o.sweep_string_iterator()]
+    try:  # each swept value as an override of its own (glob() and interval() sweeps cannot be listed here)
+        values = [[o.input_line] if not o.is_sweep_override() else
+                  [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    except (HydraException, ValueError):
+        return
+    sweep = next((o.input_line for o, v in zip(parsed, values) if o.is_sweep_override()), None)
+    if sweep and not multirun:
+        fail(f"{sweep} lists several values; add -m to sweep over them.")
+    first = [v[0] for v in values]
+    jobs = [first] + [[*first[:i], v, *first[i + 1:]] for i, (o, vs) in enumerate(zip(parsed, values))
+                      if (CONF / o.key_or_group).is_dir() for v in vs[1:]]  # only a group's options can fail here
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        for job in dict.fromkeys(map(tuple, jobs)):
-            problem = composition_problem(list(job))
+        for job in jobs:
+            problem = composition_problem(job)
             if problem:
                 fail(problem)
+
+
+COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, ValueError)
 
 
 def composition_problem(overrides: list[str]) -> str | None:
@@ -87,29 +99,38 @@ def composition_problem(overrides: list[str]) -> str | None:
     try:
         compose("config", overrides=overrides)
         return None
-    except HydraException as e:
+    except COMPOSE_ERRORS as e:
         error = e
     for i in range(len(overrides)):  # the first override that breaks it, and the config just before it
         try:
-            base = compose("config", overrides=overrides[:i + 1])
-        except HydraException:
-            return explain(overrides[i], compose("config", overrides=overrides[:i]))
+            compose("config", overrides=overrides[:i + 1])
+        except COMPOSE_ERRORS as e:
+            return explain(overrides[i], compose("config", overrides=overrides[:i]), e)
     return str(error).strip().splitlines()[0]
 
 
-def explain(override: str, base: DictConfig) -> str:
+def explain(override: str, base: DictConfig, error: Exception) -> str:
     key, _, value = override.lstrip("+~").partition("=")
+    if override.startswith("~") or key.startswith("hydra"):  # deletions, Hydra's own groups and keys
+        return f"{override}: {str(error).strip().splitlines()[0]}"
     group = CONF / key
     if group.is_dir():
         options = sorted(p.stem for p in group.glob("*.yaml"))
         close = difflib.get_close_matches(value, options, n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return f"{key}={value}: no such option; choose one of {', '.join(options)}{hint}."
-    keys = list(dotted_keys(OmegaConf.to_container(base, resolve=False)))
+    container = OmegaConf.to_container(base, resolve=False)
+    keys = list(dotted_keys(container))
     if key in keys and override.startswith("+") and not override.startswith("++"):
         return f"{override}: {key} exists already; drop the + to change it."
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.7)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"to add a new key, write +{key}=..."
+    parent, _, name = key.rpartition(".")
+    known = schema.keys_at(container, parent)
+    if name in known:  # a key the schema knows that this config's YAML leaves out
+        return f"{key}: not set in this config; write +{override} to set it."
+    siblings = sorted(set(known) | {k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent})
+    close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else \
+        f"{parent or 'the top level'} has {', '.join(siblings)}."
     return f"{key}: no such key; {hint}"
 
 

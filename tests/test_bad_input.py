@@ -2,6 +2,7 @@
 key, exit code 2, no traceback, and nothing new under ``paths.runs`` (docs/reliability.md, Bad input)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ CATALOGUE = [
     (OMNIGLOT, ["inner.optimizer.lr=fast"], "inner.optimizer.lr=fast must be a number"),
     (OMNIGLOT, ["train.test_at=5"], "train.test_at=5 must be a list"),
     (ATARI, ["inner.updates=1.5"], "inner.updates=1.5 must be an integer"),
+    (OMNIGLOT, ["seed=${nope}"], "seed: Interpolation key 'nope' not found"),
     # values outside a closed set
     (OMNIGLOT, ["eval.stop_on=vall"], "eval.stop_on=vall is not allowed; choose one of heldout, val (did you mean val?)"),
     (OMNIGLOT, ["eval.mode=forever"], "eval.mode=forever is not allowed"),
@@ -37,6 +39,9 @@ CATALOGUE = [
     (OMNIGLOT, ["train.meta_batch_size=0"], "train.meta_batch_size=0 must be at least 1"),
     (OMNIGLOT, ["eval.max_steps=2"], "eval.max_steps=2 must be >= steps=5"),
     (OMNIGLOT, ["inner.patience=0"], "inner.patience=0 must be at least 1"),
+    (OMNIGLOT, ["threads=-1"], "threads=-1 must be at least 1"),
+    (OMNIGLOT, ["model.filters=0"], "model.filters=0 must be at least 1"),
+    (MULTICV, ["model.image_size=3"], "model.image_size=3 is too small for model.layers=4"),
     (OMNIGLOT, ["train.test_at=[999]"], "train.test_at=[999] holds 999"),
     (OMNIGLOT, ["data.num_pretrain=99"], "data.num_pretrain=99 is out of range"),
     (ATARI, ["inner.gamma=2"], "inner.gamma=2 must be in [0, 1]"),
@@ -46,6 +51,10 @@ CATALOGUE = [
     (OMNIGLOT, ["train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
     (OMNIGLOT, ["+train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
     (OMNIGLOT, ["+seed=3"], "+seed=3: seed exists already; drop the +"),
+    (OMNIGLOT, ["inner.optimizer.momentu=0.9"], "inner.optimizer.momentu: no such key; did you mean "
+                                                "inner.optimizer.momentum?"),
+    (OMNIGLOT, ["inner.optimizer.momentum=0.9"], "write +inner.optimizer.momentum=0.9 to set it"),
+    (OMNIGLOT, ["seed=1,2"], "seed=1,2 lists several values; add -m"),
     (OMNIGLOT, ["method=leep"], "method=leep: no such option; choose one of"),
     (OMNIGLOT, ["scale=huge"], "scale=huge: no such option; choose one of budget, paper, small, smoke"),
     (OMNIGLOT, ["experiment=omniglott"], "experiment=omniglott: no such option"),
@@ -121,7 +130,8 @@ def test_a_multirun_reports_the_bad_job_and_runs_the_others(fake_root, tmp_path)
                           f"paths.data={fake_root}", f"paths.runs={runs}", f"paths.cache={tmp_path / 'cache'}",
                           "progress=false"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert "error: seed=abc must be an integer." in out.stderr and "failed (error: above)" in out.stderr
+    assert re.search(r"error: \[method=scratch seed=abc .*\] seed=abc must be an integer", out.stderr)  # the job's line
+    assert "failed: seed=abc must be an integer." in out.stderr  # Hydra's last line
     assert [p.parent.name for p in runs.rglob("summary.json")] == ["n2-s1"]  # the good job ran
 
 

@@ -55,6 +55,16 @@ def test_schema_accepts_every_composed_config(experiment, scale):
             validate(cfg)
 
 
+@pytest.mark.parametrize("overrides", [
+    ["inner.optimizer._target_=torch.optim.Adagrad", "+inner.optimizer.lr_decay=0.01"],  # any torch.optim argument
+    ["+inner.optimizer.momentum=0.9", "+method.meta_optimizer.weight_decay=1e-4"],
+    ["tag=2"], ["threads=1", "device=cpu", "data.split_seed=0", "train.test_at=[4,8]", "logger=wandb"],
+    ["experiment=multicv", "heldout=svhn"], ["experiment=atari", "data.pretrain=[pong,qbert]"],
+])
+def test_schema_accepts_valid_overrides(overrides):
+    validate(make_cfg(*overrides))
+
+
 def test_paper_hyperparameters():
     """The values Appendix D states, and the authors' code defaults where it is silent."""
     leap = make_cfg("method=leap")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .errors import ConfigError
+
 
 class ConvNet(nn.Module):
     """The reference ``OmniConv``: ``layers`` x [conv3x3 -> maxpool 2 -> BatchNorm -> ReLU], then a linear head.
@@ -22,6 +24,12 @@ class ConvNet(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
+        for key, value in (("in_channels", in_channels), ("filters", filters), ("layers", layers)):
+            if value < 1:
+                raise ConfigError(f"model.{key}={value} must be at least 1.")
+        if image_size < 2 ** layers:
+            raise ConfigError(f"model.image_size={image_size} is too small for model.layers={layers} (each layer "
+                              f"halves it): use at least {2 ** layers}.")
         blocks: list[nn.Module] = []
         c, size = in_channels, image_size
         for _ in range(layers):

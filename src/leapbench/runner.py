@@ -43,6 +43,9 @@ ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inne
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("src", "conf", "run.py", "pyproject.toml")
 LOCK = ".lock"
+# What a model gets from its benchmark (``data.model_kwargs``), stubbed to check the model's own keys early.
+MODEL_STUBS = {"leapbench.models.MultiHeadConvNet": {"heads": {"stub": 2}},
+               "leapbench.rl.a2c.ActorCritic": {"heads": {"stub": 2}}}
 # What a method may need (``MetaLearner.requires``) and a learning process or benchmark may offer (``provides``).
 NEEDS = {"labels": "labelled training batches (a supervised learning process)",
          "shared_head": "tasks that share one output layer",
@@ -65,6 +68,8 @@ def build(node: DictConfig, **kwargs):
 
 def check(cfg: DictConfig) -> None:
     t = cfg.train
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads={cfg.threads} must be at least 1 (or null: PyTorch's default).")
     if t.meta_steps < 0:
         raise ConfigError(f"train.meta_steps={t.meta_steps} must be >= 0.")
     if t.meta_batch_size < 1:
@@ -87,6 +92,7 @@ def validate(cfg: DictConfig) -> tuple:
     schema.check_types(cfg)
     check(cfg)
     inner, learner = build(cfg.inner), build(cfg.method)
+    build(cfg.model, **MODEL_STUBS.get(cfg.model._target_, {}))  # its ranges (the real one waits for the data)
     test_adapt, val_adapt = (build_adaptation(cfg, group) for group in ("eval", "val"))
     if cfg.device != "cpu" and inner.cpu_only:
         raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
@@ -229,6 +235,8 @@ class RunsFolderCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if not isinstance(config.paths.runs, str):
+            return  # not a path at all: the schema refuses it (runner.validate)
         runs = Path(config.paths.runs).absolute()
         try:
             folder = next(p for p in (runs, *runs.parents) if p.exists())

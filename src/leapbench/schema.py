@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,20 +34,11 @@ class Node:
 
 @dataclass
 class Optimizer:
-    """A ``torch.optim`` class with ``_partial_: true`` (the model's parameters come later)."""
+    """A ``torch.optim`` class with ``_partial_: true`` (the model's parameters come later); its other keys are
+    the class's own arguments (checked against its signature, not typed here)."""
     _target_: str
     _partial_: bool
     lr: float
-    momentum: float
-    dampening: float
-    weight_decay: float
-    nesterov: bool
-    eps: float
-    alpha: float
-    centered: bool
-    betas: list[float]
-    amsgrad: bool
-    maximize: bool
 
 
 @dataclass
@@ -91,7 +84,7 @@ class Run:
     """The top level, for every experiment."""
     experiment_name: Literal["omniglot", "multicv", "atari"]
     cell: str
-    heldout: str  # Multi-CV's held-out dataset (checked with data.heldout)
+    heldout: Optional[Literal[DATASETS]]  # Multi-CV's held-out dataset
     seed: int
     tag: str
     overwrite: bool
@@ -301,14 +294,43 @@ def check_types(cfg: DictConfig) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{e.full_key or 'config'}: {e.msg}") from None
+        raise ConfigError(f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}") from None
     _check_node(container, Run, "")
+
+
+def keys_at(container: dict, path: str) -> list[str]:
+    """The keys the schema allows under the dotted ``path`` ("" for the top level) of a composed config,
+    including those its YAML leaves out."""
+    node, schema = container, Run
+    for part in path.split(".") if path else []:
+        kind = _fields(node, schema).get(part)
+        node = node.get(part) if isinstance(node, dict) else None
+        if typing.get_origin(kind) is Union:  # Optional[X]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is Node:
+            kind = TARGETS.get(node.get("_target_")) if isinstance(node, dict) else None
+        schema = kind
+    return list(_fields(node, schema))
+
+
+def _fields(node: Any, schema: Any) -> dict[str, Any]:
+    """The keys ``schema`` allows in ``node`` and their types; an optimizer's are its class's arguments."""
+    if not dataclasses.is_dataclass(schema):
+        return {}
+    fields = typing.get_type_hints(schema)
+    if schema is Optimizer:
+        try:
+            params = inspect.signature(get_class(node["_target_"])).parameters
+        except Exception:  # not importable: building it will say so
+            params = {}
+        fields = {name: Any for name in params if name != "params"} | fields  # lr stays a number
+    return fields
 
 
 def _check_node(node: Any, schema: type, path: str) -> None:
     if not isinstance(node, dict):
         raise ConfigError(f"{path}={_show(node)} must be a group of keys ({schema.__name__}).")
-    fields = typing.get_type_hints(schema)
+    fields = _fields(node, schema)
     for key, value in node.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
@@ -321,6 +343,8 @@ def _check_node(node: Any, schema: type, path: str) -> None:
 
 def _check_value(value: Any, kind: Any, where: str) -> None:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return
     if kind is Node:
         if not isinstance(value, dict) or value.get("_target_") not in TARGETS:
             return  # a target this suite does not know: its constructor checks its arguments
@@ -330,7 +354,7 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
             return
         return _check_value(value, next(a for a in args if a is not type(None)), where)
     if value is None:
-        raise ConfigError(f"{where}=null is not allowed; give a {_describe(kind)}.")
+        raise ConfigError(f"{where}=null is not allowed; give {_describe(kind)}.")
     if dataclasses.is_dataclass(kind):
         return _check_node(value, kind, where)
     if origin is Literal:
@@ -348,7 +372,7 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[kind]
+          str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)}[kind]  # tag=2 is a name
     if not ok(value):
         raise ConfigError(f"{where}={_show(value)} must be {_describe(kind)}.")
 

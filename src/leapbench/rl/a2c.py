@@ -52,6 +52,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         if not heads:
             raise ConfigError("ActorCritic needs at least one game in heads (game name -> number of actions).")
+        if in_channels < 1:
+            raise ConfigError(f"model.in_channels={in_channels} must be at least 1.")
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
             nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
