@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
-from leapbench.results import export_run, mean_std, script_summaries  # noqa: E402
+from leapbench.results import export_run, format_interval, mean_std, script_summaries, t_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["leap", "finetune", "reptile", "fomaml", "finetune_single", "scratch"]
@@ -41,6 +41,30 @@ def cells(summaries: list[dict], metric: str) -> dict[tuple[str, int], tuple[flo
     for s in summaries:
         groups.setdefault((s["method"], s["num_pretrain"]), []).append(s["test"][metric])
     return {k: (*mean_std(v), len(v)) for k, v in groups.items()}
+
+
+def paired(summaries: list[dict], counts: list[int], others: list[str]) -> list[str]:
+    """Leap minus each method per task count, paired by seed (one seed = one split and one initialization)."""
+    by = {(s["method"], s["num_pretrain"], s["seed"]): s["test"] for s in summaries}
+    lines = ["## Leap's paired difference to each method (Leap - method; negative: Leap is better)", "",
+             "Points of test error / AUC, mean and 95 % t-interval over the seeds both ran, paired by seed (= split); "
+             "* marks an interval that excludes 0.", "",
+             "| tasks | " + " | ".join(LABELS[m] for m in others) + " |", "|---|" + "---|" * len(others)]
+    for n in counts:
+        row = []
+        for m in others:
+            seeds = sorted(s for (mm, nn, s) in by if mm == "leap" and nn == n and (m, n, s) in by)
+            parts = []
+            for metric in ("error", "auc"):
+                d = [by[("leap", n, s)][metric] - by[(m, n, s)][metric] for s in seeds]
+                if not d:
+                    parts.append("–")
+                    continue
+                _, lo, hi = t_interval(d)
+                parts.append(format_interval(d) + ("*" if len(d) > 1 and (hi < 0 or lo > 0) else ""))
+            row.append(" / ".join(parts))
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    return lines
 
 
 def write_tables(summaries: list[dict], out: Path, scale: str) -> None:
@@ -93,13 +117,8 @@ def write_tables(summaries: list[dict], out: Path, scale: str) -> None:
               f" ({len(summaries)} runs; commit(s) {', '.join(c[:12] for c in commits)}).", ""]
     text = header + md(err, "Table 1: mean test error (%) on the 10 held-out alphabets", True)
     text += [""] + md(auc, "Fig. 2 (right): AUC of the training-error curve (0-100)", False)
-    if "leap" in methods and "scratch" in methods:
-        text += ["", "## Leap's margin over no pretraining (points; positive: Leap is better)", "",
-                 "| tasks | test error | AUC |", "|---|---|---|"]
-        for n in counts:
-            if ("leap", n) in err and ("scratch", n) in err:
-                text.append(f"| {n} | {err[('scratch', n)][0] - err[('leap', n)][0]:.1f} | "
-                            f"{auc[('scratch', n)][0] - auc[('leap', n)][0]:.1f} |")
+    if "leap" in methods:
+        text += [""] + paired(summaries, counts, [m for m in methods if m != "leap"])
     wall: dict[tuple[str, int], list[float]] = {}
     for x in summaries:
         if "wall_time_s" in x:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ROOT, make_cfg, notebook_outputs, script
-from leapbench.results import mean_std
+from leapbench.results import format_interval, mean_std
 from leapbench.runner import run
 
 SPLIT = ("data.num_test=1", "data.num_val=1")
@@ -45,6 +45,9 @@ def test_aggregate_and_figures(runs, tmp_path):
     assert float(cell["error_mean"]) == pytest.approx(mu, abs=0.01) and float(cell["error_std"]) == pytest.approx(sd, abs=0.01)
     assert cell["n_seeds"] == "2" and cell["paper_error"] == "8.7"  # the paper's 1-task Leap cell beside ours
     assert "| 1 |" in text and "(8.7)" in text and "Fig. 2 (right)" in text
+    leap, scratch = ([json.loads((base / "runs" / m / f"n1-s{s}" / "summary.json").read_text())["test"]["error"]
+                      for s in (0, 1)] for m in ("leap", "scratch"))
+    assert format_interval([a - b for a, b in zip(leap, scratch)]) in text  # Leap - scratch, paired by seed
 
     script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
     for name in ("fig2_left", "fig2_right"):
