@@ -4,6 +4,7 @@ augmentation, through run.py, and tabulate the mean and spread across splits.
 
     python scripts/protocol_study.py                 # runs the missing cells (about 3 h on 2 cores for 5 splits)
     python scripts/protocol_study.py --seeds 0,1     # only these splits (a study can be run in parts)
+    python scripts/protocol_study.py --augments rotate36   # only this augmentation
     python scripts/protocol_study.py --collect       # only exports finished runs and re-tabulates
     python scripts/protocol_study.py --seeds 0 --runs R --out O model.filters=8 eval.max_steps=200   # a quick look
 
@@ -47,10 +48,10 @@ def suffix(seed: int, overrides: list[str], augment: str) -> str:
     return f"-s{seed}-{keys['eval.mode']}-{augment}-{keys['eval.stop_on']}"
 
 
-def run_missing(seeds: list[int], runs: Path, out: Path, extra: list[str]) -> None:
+def run_missing(seeds: list[int], augments: list[str], runs: Path, out: Path, extra: list[str]) -> None:
     """One joblib multirun per (rule, augmentation) over the seeds whose run is not exported yet."""
     for overrides in RULES.values():
-        for augment in AUGMENTS:
+        for augment in augments:
             todo = [s for s in seeds if not list((out / "runs").glob(f"n*{suffix(s, overrides, augment)}/summary.json"))]
             if todo:
                 subprocess.run([sys.executable, "run.py", "-m", "launcher=joblib", "method=scratch",
@@ -131,13 +132,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", action="store_true", help="only export finished runs and tabulate")
     p.add_argument("--seeds", default=SEEDS, help=f"splits to run (default {SEEDS})")
+    p.add_argument("--augments", default=",".join(AUGMENTS), help=f"augmentations to run (default {','.join(AUGMENTS)})")
     p.add_argument("--runs", default=str(ROOT / "runs"), help="runs folder (paths.runs)")
     p.add_argument("--out", default=str(OUT), help="results folder (default: results/omniglot/protocol)")
     p.add_argument("overrides", nargs="*", help="more run.py overrides for every run (e.g. a smaller model, for a test)")
     args = p.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     if not args.collect:
-        run_missing([int(s) for s in args.seeds.split(",")], runs, out, args.overrides)
+        augments = args.augments.split(",")
+        unknown = sorted(set(augments) - set(AUGMENTS))
+        if unknown:
+            p.error(f"--augments: unknown {', '.join(unknown)}; choose from {', '.join(AUGMENTS)}")
+        run_missing([int(s) for s in args.seeds.split(",")], augments, runs, out, args.overrides)
     collect(runs, out)
     table = rows(out)
     if not table:

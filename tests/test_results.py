@@ -64,3 +64,14 @@ def test_notebook_runs_on_fixture(runs, tmp_path, monkeypatch):
     outputs = notebook_outputs("omniglot_table1_fig2.ipynb", results, "smoke", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 2 drawn
     assert any("(paper 8.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # Table 1 beside the paper
+
+
+def test_paired_runs_prints_the_paired_difference_and_exports(runs, tmp_path):
+    a = [runs / "omniglot" / "leap" / "smoke" / f"n1-s{s}" for s in (0, 1)]
+    b = [runs / "omniglot" / "scratch" / "smoke" / f"n1-s{s}" for s in (0, 1)]
+    out = tmp_path / "paired"
+    text = script("scripts/paired_runs.py", "--a", *map(str, a), "--b", *map(str, b), "--export", str(out))
+    error = {d: json.loads((d / "summary.json").read_text())["test"]["error"] for d in a + b}
+    assert f"test error: {format_interval([error[x] - error[y] for x, y in zip(a, b)])} points" in text
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/summary.json")) == [
+        "leap/n1-s0/summary.json", "leap/n1-s1/summary.json", "scratch/n1-s0/summary.json", "scratch/n1-s1/summary.json"]
