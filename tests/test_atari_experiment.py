@@ -148,6 +148,9 @@ def test_fig3_script_and_notebook(runs, tmp_path, monkeypatch):
     assert "| breakout | Leap |" in text
     for ext in ("png", "pdf"):
         assert (base / "figures" / f"fig3.{ext}").stat().st_size > 1000
+    before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    script("scripts/make_figure_atari.py", "--scale", "smoke", "--results", str(results))
+    assert {p: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before  # a rerun rewrites the same bytes
     outputs = notebook_outputs("atari_fig3.ipynb", results, "smoke", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("| breakout | Leap |" in o.get("data", {}).get("text/markdown", "") for o in outputs)

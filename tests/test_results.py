@@ -53,6 +53,10 @@ def test_aggregate_and_figures(runs, tmp_path):
     for name in ("fig2_left", "fig2_right"):
         for ext in ("png", "pdf"):
             assert (base / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--results", str(results))
+    script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
+    assert {p: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before  # reruns rewrite the same bytes
 
 
 def test_notebook_runs_on_fixture(runs, tmp_path, monkeypatch):
