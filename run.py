@@ -78,9 +78,7 @@ def preflight(args: list[str]) -> None:
                   [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
     except (HydraException, ValueError):
         return
-    sweep = next((o.input_line for o, v in zip(parsed, values) if o.is_sweep_override()), None)
-    if sweep and not multirun:
-        fail(f"{sweep} lists several values; add -m to sweep over them.")
+    sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
     first = [v[0] for v in values]
     jobs = [first] + [[*first[:i], v, *first[i + 1:]] for i, (o, vs) in enumerate(zip(parsed, values))
                       if (CONF / o.key_or_group).is_dir() for v in vs[1:]]  # only a group's options can fail here
@@ -89,6 +87,9 @@ def preflight(args: list[str]) -> None:
             problem = composition_problem(job)
             if problem:
                 fail(problem)
+        if sweep and not multirun and compose("config", overrides=first, return_hydra_config=True).hydra.mode != \
+                RunMode.MULTIRUN:  # a sweep config (+sweep=...) sets the mode itself
+            fail(f"{sweep} lists several values; add -m to sweep over them.")
 
 
 COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, ValueError)
