@@ -65,6 +65,14 @@ def test_schema_accepts_valid_overrides(overrides):
     validate(make_cfg(*overrides))
 
 
+def test_wandb_groups_a_cells_seeds():
+    """W&B groups the runs of one cell (experiment / method / scale / cell), so its UI shows a cell's mean over seeds."""
+    groups = {make_cfg("logger=wandb", "scale=small", f"seed={s}").logger.group for s in (0, 1)}
+    assert groups == {"omniglot/leap/small/n20"}
+    assert make_cfg("logger=wandb", "experiment=multicv", "method=finetune", "tag=-x").logger.group == \
+        "multicv/finetune/paper/cifar10-x"
+
+
 def test_paper_hyperparameters():
     """The values Appendix D states, and the authors' code defaults where it is silent."""
     leap = make_cfg("method=leap")
