@@ -30,15 +30,15 @@ quickstart: $(STAMP) ## Set up, then meta-train Leap on Omniglot (scale=small) a
 	$(BIN)/python run.py experiment=omniglot method=leap scale=small
 
 smoke: $(STAMP) ## Seconds-long run of every method on Omniglot, Multi-CV and Atari
-	$(BIN)/python run.py -m experiment=omniglot method=leap,leap_paper,reptile,fomaml,finetune,finetune_single,scratch scale=smoke progress=false
+	$(BIN)/python run.py -m experiment=omniglot 'method=glob(*)' scale=smoke progress=false
 	$(BIN)/python run.py -m experiment=multicv method=leap,finetune,scratch scale=smoke progress=false
 	$(BIN)/python run.py -m experiment=atari method=leap,reptile,scratch scale=smoke progress=false
 
 protocol: $(STAMP) ## The adaptation-protocol study behind docs/protocol.md (5 splits, about 3 h on 2 cores; resumes)
 	$(BIN)/python scripts/protocol_study.py
 
-table1: $(STAMP) ## Table 1 and Fig. 2 (right) data from the committed results (results/omniglot/small/), seconds
-	$(BIN)/python scripts/aggregate_omniglot.py --scale small
+table1: $(STAMP) ## runs.csv, Table 1 and Fig. 2 (right) data with paired differences, from results/omniglot/small/, seconds
+	$(BIN)/python scripts/make_table.py omniglot --scale small
 
 figures: $(STAMP) ## Fig. 2 (left, right) as PNG and PDF from the committed results, seconds
 	$(BIN)/python scripts/make_figures_omniglot.py --scale small
@@ -52,26 +52,27 @@ reproduce-budget: $(STAMP) ## The meta-training budget study (15 runs, about 2 h
 
 reproduce-omniglot-small: $(STAMP) ## The reduced Table 1 grid (about 2 h on 2 cores), then export, table and figures
 	$(BIN)/python run.py +sweep=omniglot_small
-	$(BIN)/python scripts/aggregate_omniglot.py --scale small --collect runs
+	$(BIN)/python scripts/make_table.py omniglot --scale small --collect runs
 	$(BIN)/python scripts/make_figures_omniglot.py --scale small
 
 reproduce-omniglot: $(STAMP) ## The paper's Table 1 grid (960 runs; add ARGS=launcher=slurm on a cluster)
 	$(BIN)/python run.py +sweep=omniglot_paper $(ARGS)
-	$(BIN)/python scripts/aggregate_omniglot.py --scale paper --collect runs
+	$(BIN)/python scripts/make_table.py omniglot --scale paper --collect runs
 	$(BIN)/python scripts/make_figures_omniglot.py --scale paper
 
 table2: $(STAMP) ## Table 2 (Multi-CV) beside the paper's from the committed results (results/multicv/small/), seconds
-	$(BIN)/python scripts/aggregate_multicv.py --scale small
+	$(BIN)/python scripts/make_table.py multicv --scale small
 
 reproduce-multicv-small: $(STAMP) ## The reduced Table 2 (6 held-out datasets x 3 methods x 3 seeds, ~1.5 h on 2 cores), then the table
 	$(BIN)/python run.py +sweep=multicv_small
-	$(BIN)/python scripts/aggregate_multicv.py --scale small --collect runs
+	$(BIN)/python scripts/make_table.py multicv --scale small --collect runs
 
 reproduce-multicv: $(STAMP) ## The paper's Table 2 (8 x 3 x 3 runs at scale=paper; needs SVHN and CIFAR-100; ARGS=launcher=slurm)
 	$(BIN)/python run.py +sweep=multicv_paper $(ARGS)
-	$(BIN)/python scripts/aggregate_multicv.py --scale paper --collect runs
+	$(BIN)/python scripts/make_table.py multicv --scale paper --collect runs
 
-fig3: $(STAMP) ## Fig. 3 (Atari) from the committed results (results/atari/small/), seconds
+fig3: $(STAMP) ## Fig. 3 (Atari) and its table from the committed results (results/atari/small/), seconds
+	$(BIN)/python scripts/make_table.py atari --scale small
 	$(BIN)/python scripts/make_figure_atari.py --scale small
 
 reproduce-atari-small: $(STAMP) ## The reduced Fig. 3 (Leap and random init, 2 seeds, ~2 h on 2 cores), then the figure
@@ -88,8 +89,8 @@ bench: $(STAMP) ## Benchmarks (about 10 min): Leap overhead, vs the reference ap
 	$(BIN)/python scripts/bench_atari.py --threads 1 --seconds 30
 	$(BIN)/python scripts/bench_atari.py --threads 2 --seconds 30 --out results/bench/atari_2threads.json
 
-sync-wandb: ## Upload offline W&B runs under runs/ (needs network and a W&B login)
-	find runs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 8 -P 4 $(BIN)/wandb sync
+sync-wandb: ## Upload offline W&B runs under runs/, each run's resumed segments in order (needs network and a W&B login)
+	$(BIN)/python scripts/sync_wandb.py runs
 
 clean: ## Remove caches (keeps runs/ and results/)
 	rm -rf .cache .pytest_cache

@@ -11,7 +11,6 @@ rebuilds budget.csv from everything there.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -20,19 +19,21 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
-from leapbench.results import export_run, format_interval, t_interval  # noqa: E402
+from leapbench import registry, tables  # noqa: E402
+from leapbench.results import export_run, format_interval  # noqa: E402
 
 OUT = ROOT / "results" / "omniglot" / "budget"
 ROW = 20  # the Table 1 row the study runs at
 PAPER_BUDGET = 1000 * 20  # the paper's meta-training: 1000 meta-steps of 20 tasks
-LABELS = {"leap": "Leap", "reptile": "Reptile", "fomaml": "MAML*", "finetune": "Finetune†", "scratch": "No pretraining"}
-COLORS = {"leap": "tab:orange", "reptile": "tab:red", "fomaml": "tab:purple", "finetune": "tab:green",
-          "scratch": "tab:blue"}
-FIELDS = ["method", "label", "num_pretrain", "budget", "meta_step", "seed", "split_seed", "test_error", "auc", "train_error",
+# The study's table: a row is a budget; the paper's Table 1 columns give the method order.
+SPEC = tables.Spec("omniglot", "budget", "budget", "budget",
+                   {"test_error": "test error (%)", "auc": "AUC", "train_error": "train error (%)"}, paper="table1.csv")
+FIELDS = ["method", "label", "color", "num_pretrain", "budget", "meta_step", "seed", "split_seed", "test_error", "auc", "train_error",
           "mean_adapt_steps", "run_wall_time_s", "commit", "command"]
 
 
@@ -47,7 +48,7 @@ def collect(runs: Path, out: Path = OUT, row: int = ROW) -> int:
 
 def table_rows(exported: Path) -> list[dict]:
     """One row per (method, budget, seed) from the exported runs (``test_at`` entries and the final test)."""
-    rows = []
+    rows, known = [], registry.methods()
     for folder in sorted(p.parent for p in exported.glob("*/summary.json")):
         summary = json.loads((folder / "summary.json").read_text())
         batch = OmegaConf.load(folder / "config.yaml").train.meta_batch_size
@@ -56,55 +57,34 @@ def table_rows(exported: Path) -> list[dict]:
         tested = summary.get("test_at", [])
         for t in tested + ([final] if final["meta_step"] not in {x["meta_step"] for x in tested} else []):
             rows.append({
-                "method": summary["method"], "label": LABELS.get(summary["method"], summary["method"]),
+                "method": summary["method"], "label": (m := registry.info(summary["method"], known)).label, "color": m.color,
                 "num_pretrain": summary["num_pretrain"], "budget": t["budget"], "meta_step": t["meta_step"], "seed": summary["seed"],
                 "split_seed": summary["split_seed"], "test_error": round(t["error"], 2), "auc": round(t["auc"], 2),
                 "train_error": round(t["train_error"], 2), "mean_adapt_steps": round(t["mean_adapt_steps"], 1),
                 "run_wall_time_s": summary["wall_time_s"], "commit": summary["commit"], "command": summary["command"],
             })
-    return sorted(rows, key=lambda r: (list(LABELS).index(r["method"]) if r["method"] in LABELS else 99,
-                                       r["method"], r["budget"], r["seed"]))
+    return sorted(rows, key=lambda r: (r["method"], r["budget"], r["seed"]))
 
 
-def read(path: Path) -> list[dict]:
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("num_pretrain", "budget", "meta_step", "seed", "split_seed"):
-            r[k] = int(r[k])
-        for k in ("test_error", "auc", "train_error"):
-            r[k] = float(r[k])
-    return rows
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    tables.write_csv(pd.DataFrame(rows, columns=FIELDS), path)
 
 
-def cells(rows: list[dict], metric: str) -> dict[tuple[str, int], dict[int, float]]:
-    """``{(method, budget): {seed: value}}``."""
-    out: dict[tuple[str, int], dict[int, float]] = {}
-    for r in rows:
-        out.setdefault((r["method"], r["budget"]), {})[r["seed"]] = r[metric]
-    return out
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int] | None:
-    """Mean of a - b over the seeds both have, with its 95 % Student-t interval; None with fewer than 2 seeds."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    return (*t_interval([a[s] - b[s] for s in seeds]), len(seeds))
+def by_budget(df: pd.DataFrame) -> pd.DataFrame:
+    """No pretraining has no budget (0): it stands beside every budget, so that the others pair with it."""
+    budgets = sorted(set(df.loc[df["method"] != "scratch", "budget"]))
+    scratch = df[df["method"] == "scratch"]
+    return pd.concat([df[df["method"] != "scratch"]] + [scratch.assign(budget=b) for b in budgets],
+                     ignore_index=True)
 
 
 def paper_row(row: int = ROW) -> dict[str, float]:
-    with open(ROOT / "results" / "paper" / "table1.csv") as f:
-        found = next(r for r in csv.DictReader(f) if int(r["num_pretrain"]) == row)
-    return {m: float(v) for m, v in found.items() if m != "num_pretrain"}
+    paper = pd.read_csv(ROOT / "results" / "paper" / "table1.csv").set_index("num_pretrain")
+    return paper.loc[row].astype(float).to_dict()
 
 
 def trend(values: dict[int, float]) -> tuple[float, float]:
@@ -114,114 +94,94 @@ def trend(values: dict[int, float]) -> tuple[float, float]:
     return float(slope), float(intercept + slope * np.log10(PAPER_BUDGET))
 
 
-def table_row(rows: list[dict]) -> int:
+def table_row(df: pd.DataFrame) -> int:
     """The one Table 1 row (number of pretraining tasks) the study ran at."""
-    found = {r["num_pretrain"] for r in rows if r["method"] != "scratch"} or {r["num_pretrain"] for r in rows}
+    found = set(df.loc[df["method"] != "scratch", "num_pretrain"]) or set(df["num_pretrain"])
     if len(found) != 1:
         sys.exit(f"budget.csv mixes rows of Table 1 ({sorted(found)}); keep one number of pretraining tasks.")
-    return found.pop()
+    return int(found.pop())
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: pd.DataFrame) -> str:
     row = table_row(rows)
-    err, auc_ = cells(rows, "test_error"), cells(rows, "auc")
-    methods = [m for m in LABELS if any(k[0] == m for k in err)] + sorted({k[0] for k in err} - set(LABELS))
+    df, root = by_budget(rows), ROOT / "results"
+    cells, pairs = tables.cell_stats(df, SPEC, root), tables.paired(df, SPEC, root)
+    methods = tables.method_order(df, SPEC, root)
     learners = [m for m in methods if m != "scratch"]
-    budgets = sorted({b for m, b in err if m != "scratch"})
     paper = paper_row(row)
-    seeds = sorted({r["seed"] for r in rows})
-
-    def ms(v: dict[int, float]) -> str:
-        x = np.array(list(v.values()))
-        sd = f" ± {x.std(ddof=1):.1f}" if len(x) > 1 else ""
-        return f"{x.mean():.1f}{sd}" + (f" [{len(x)}]" if len(x) != len(seeds) else "")
-
+    seeds = sorted(set(rows["seed"]))
     lines = [f"# Omniglot meta-training budget study ({row} pretraining alphabets)", "",
              "Generated by `python scripts/budget_study.py` from `budget.csv` (runs: `python run.py +sweep=omniglot_budget`). "
              f"Mean ± std over seeds {seeds} (each seed its own split; [k] marks a cell with fewer). A budget is the number "
-             f"of task trainings the tested initialization has seen; the paper's is {PAPER_BUDGET:,}.", ""]
-    for title, table, metric in (("Test error % on the 10 held-out alphabets", err, "test_error"),
-                                 ("AUC of the training-error curve (first 100 steps)", auc_, "auc")):
-        lines += [f"## {title}", "", "| budget | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
-                  "|---|" + "---|" * len(methods)]
-        for b in budgets:
-            vals = [ms(table[(m, b)]) if (m, b) in table else ("" if m != "scratch" else ms(table[("scratch", 0)]))
-                    for m in methods]
-            lines.append(f"| {b:,} | " + " | ".join(vals) + " |")
+             f"of task trainings the tested initialization has seen; the paper's is {PAPER_BUDGET:,}. No pretraining "
+             "has no budget: its one value stands in every row.", ""]
+    for title, metric in (("Test error % on the 10 held-out alphabets", "test_error"),
+                          ("AUC of the training-error curve (first 100 steps)", "auc")):
+        lines += [f"## {title}", "", tables.markdown_cells(cells, SPEC, metric, df, root)]
         if metric == "test_error":
             lines.append(f"| paper ({PAPER_BUDGET:,}) | " + " | ".join(f"{paper[m]:.1f}" if m in paper else "" for m in methods) + " |")
         lines.append("")
-    top = budgets[-1]
-    lines += [f"## Paired differences at {top:,} task trainings (Leap minus the other method, 95 % t-interval over seeds)", "",
-              "| metric | " + " | ".join(LABELS.get(m, m) for m in methods if m != "leap") + " |",
-              "|---|" + "---|" * (len(methods) - 1)]
-    for name, table in (("test error", err), ("AUC", auc_)):
-        out = []
-        for m in methods:
-            if m == "leap":
-                continue
-            other = table.get((m, top if m != "scratch" else 0))
-            p = paired(table[("leap", top)], other) if other and ("leap", top) in table else None
-            out.append("" if p is None else f"{p[0]:+.1f} [{p[1]:+.1f}, {p[2]:+.1f}]{' *' if p[1] > 0 or p[2] < 0 else ''}")
-        lines.append(f"| {name} | " + " | ".join(out) + " |")
-    lines += ["", "`*`: the interval excludes zero.", "",
+    lines += ["## Paired differences: test error / AUC (Leap minus the other method, 95 % t-interval over seeds)", "",
+              tables.markdown_paired(pairs, SPEC, ["test_error", "auc"], df, root), "",
+              "`*`: the interval excludes zero.", "",
               f"## Trend: a line in log10(budget) through each seed's test errors, extended to {PAPER_BUDGET:,}", "",
               "Mean and 95 % t-interval over seeds of each seed's fit. An extrapolation over more than a decade beyond "
               "the data, with the preset's smaller network and evaluation: a direction, not a prediction.", "",
               "| method | change per 10x budget (points) | at the paper's budget | paper |", "|---|---|---|---|"]
+    label = df.drop_duplicates("method").set_index("method")["label"]
     for m in learners:
         fits = []
         for seed in seeds:
-            by_budget = {b: err[(m, b)][seed] for b in budgets if seed in err.get((m, b), {})}
-            if len(by_budget) >= 2:
-                fits.append(trend(by_budget))
+            mine = df[(df["method"] == m) & (df["seed"] == seed)]
+            if len(mine) >= 2:
+                fits.append(trend(dict(zip(mine["budget"], mine["test_error"]))))
         if fits:
-            lines.append(f"| {LABELS.get(m, m)} | {format_interval([f[0] for f in fits])} | {format_interval([f[1] for f in fits])} "
+            lines.append(f"| {label[m]} | {format_interval([f[0] for f in fits])} | {format_interval([f[1] for f in fits])} "
                          f"| {paper.get(m, float('nan')):.1f} |")
-    commits = sorted({r["commit"] for r in rows})
-    walls = {m: [float(r["run_wall_time_s"]) for r in rows if r["method"] == m and r["budget"] == max(
-        x["budget"] for x in rows if x["method"] == m)] for m in methods}
-    lines += ["", "Mean wall time per run: " + ", ".join(
-        f"{LABELS.get(m, m)} {np.mean(w):.0f} s" for m, w in walls.items() if w) + ".",
-        f"Commit(s): {', '.join(commits)}.", ""]
+    commits = sorted(set(rows["commit"]))
+    last = rows[rows["budget"] == rows.groupby("method")["budget"].transform("max")]
+    walls = last.groupby("method")["run_wall_time_s"].mean()
+    lines += ["", "Mean wall time per run: " + ", ".join(f"{label[m]} {walls[m]:.0f} s" for m in methods) + ".",
+              f"Commit(s): {', '.join(commits)}.", ""]
     return "\n".join(lines)
 
 
-def figure(rows: list[dict], out: Path) -> None:
+def figure(rows: pd.DataFrame, out: Path) -> None:
     """budget.png and budget.pdf (fixed metadata, so regenerating them changes no byte)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     plot(rows, axes)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=150, metadata={"Software": None})
-    fig.savefig(out.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    for ext in ("png", "pdf"):
+        fig.savefig(out.with_suffix(f".{ext}"), dpi=150, metadata=tables.STABLE_METADATA[ext])
     plt.close(fig)
 
 
-def plot(rows: list[dict], axes) -> None:
+def plot(rows: pd.DataFrame, axes) -> None:
     """Test error (left) and AUC (right) against the budget: mean ± std over seeds, the paper's value, the trend."""
     row = table_row(rows)
     paper = paper_row(row)
+    root = ROOT / "results"
+    cells = tables.cell_stats(rows, SPEC, root)
     for ax, metric, ylabel in ((axes[0], "test_error", "test error (%)"), (axes[1], "auc", "AUC of training error")):
-        table = cells(rows, metric)
-        for m in [m for m in LABELS if any(k[0] == m for k in table)]:
+        for m in tables.method_order(rows, SPEC, root):
+            c = cells[cells["method"] == m].sort_values("budget")
+            color, label = c["color"].iloc[0], c["label"].iloc[0]
+            b = c["budget"].to_numpy()
+            mean, sd = c[f"{metric}_mean"].to_numpy(), np.nan_to_num(c[f"{metric}_std"].to_numpy())
             if m == "scratch":
-                v = np.array(list(table[("scratch", 0)].values()))
-                ax.axhline(v.mean(), color=COLORS[m], ls="--", lw=1, label=LABELS[m])
-                ax.axhspan(v.mean() - v.std(ddof=1), v.mean() + v.std(ddof=1), color=COLORS[m], alpha=0.1, lw=0)
+                ax.axhline(mean[0], color=color, ls="--", lw=1, label=label)
+                ax.axhspan(mean[0] - sd[0], mean[0] + sd[0], color=color, alpha=0.1, lw=0)
+                if metric == "test_error" and m in paper:
+                    ax.plot([PAPER_BUDGET], [paper[m]], "*", color=color, ms=11, mec="black", mew=0.5)
                 continue
-            b = sorted(k[1] for k in table if k[0] == m)
-            v = [np.array(list(table[(m, x)].values())) for x in b]
-            mean, sd = np.array([x.mean() for x in v]), np.array([x.std(ddof=1) if len(x) > 1 else 0 for x in v])
-            ax.plot(b, mean, "o-", color=COLORS[m], label=LABELS[m], ms=4)
-            ax.fill_between(b, mean - sd, mean + sd, color=COLORS[m], alpha=0.15, lw=0)
+            ax.plot(b, mean, "o-", color=color, label=label, ms=4)
+            ax.fill_between(b, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
             if metric == "test_error" and m in paper:
-                ax.plot([PAPER_BUDGET], [paper[m]], "*", color=COLORS[m], ms=11, mec="black", mew=0.5)
+                ax.plot([PAPER_BUDGET], [paper[m]], "*", color=color, ms=11, mec="black", mew=0.5)
                 if len(b) >= 2:  # the trend line of the table, extended to the paper's budget
                     slope, at = trend(dict(zip(b, mean)))
                     ax.plot([b[-1], PAPER_BUDGET], [at - slope * np.log10(PAPER_BUDGET / b[-1]), at], ":",
-                            color=COLORS[m], lw=1)
-        if metric == "test_error" and "scratch" in paper:
-            ax.plot([PAPER_BUDGET], [paper["scratch"]], "*", color=COLORS["scratch"], ms=11, mec="black", mew=0.5)
+                            color=color, lw=1)
         ax.set_xscale("log")
         if metric == "test_error":
             ax.set_ylim(bottom=0)  # an error below zero is where a straight trend stops meaning anything

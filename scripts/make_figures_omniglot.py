@@ -4,13 +4,13 @@
 
 Left: Leap's mean training-error curve on the validation alphabets at each validation during
 meta-training, blue (start) to red (end), as a 5-step moving average. Right: AUC of the training-error curve on the test alphabets
-against the number of pretraining tasks, per method, shaded by the standard deviation over seeds.
+against the number of pretraining tasks, per method, shaded by the standard deviation over seeds (the paper's
+shading), from runs.csv (`scripts/make_table.py omniglot` writes it); labels and colours are the methods' own.
 Writes results/omniglot/<scale>/figures/fig2_{left,right}.{png,pdf}.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -22,11 +22,11 @@ import matplotlib.ticker
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
+from leapbench import tables  # noqa: E402
+
 SMOOTH = 5
-LABELS = {"leap": "Leap", "finetune": "Finetune†", "reptile": "Reptile", "fomaml": "MAML*",
-          "finetune_single": "Finetune‡", "scratch": "No pretraining"}
-COLORS = {"leap": "tab:orange", "finetune": "tab:green", "reptile": "tab:red", "fomaml": "tab:purple",
-          "finetune_single": "tab:brown", "scratch": "tab:blue"}
+SPEC = tables.SPECS["omniglot"]
 
 
 def fig2_left(runs: Path, ax) -> str:
@@ -53,15 +53,15 @@ def fig2_left(runs: Path, ax) -> str:
     return n
 
 
-def fig2_right(table: Path, ax) -> None:
-    rows = list(csv.DictReader(table.open()))
-    for m in LABELS:
-        r = sorted((int(x["num_pretrain"]), float(x["auc_mean"]), float(x["auc_std"])) for x in rows if x["method"] == m)
-        if not r:
-            continue
-        n, mu, sd = map(np.array, zip(*r))
-        ax.plot(n, mu, marker="o", ms=3, color=COLORS[m], label=LABELS[m])
-        ax.fill_between(n, mu - sd, mu + sd, color=COLORS[m], alpha=0.2, lw=0)
+def fig2_right(runs_csv: Path, ax) -> None:
+    df = tables.read_runs(runs_csv)
+    cells = tables.cell_stats(df, SPEC, runs_csv.parents[2])
+    for m in tables.method_order(df, SPEC, runs_csv.parents[2]):
+        c = cells[cells["method"] == m].sort_values("num_pretrain")
+        n, mu, sd = (c[k].to_numpy(dtype=float) for k in ("num_pretrain", "auc_mean", "auc_std"))
+        sd = np.nan_to_num(sd)  # one seed: no spread to shade
+        ax.plot(n, mu, marker="o", ms=3, color=c["color"].iloc[0], label=c["label"].iloc[0])
+        ax.fill_between(n, mu - sd, mu + sd, color=c["color"].iloc[0], alpha=0.2, lw=0)
     ax.set(xlabel="number of pretraining tasks", ylabel="AUC of training error", title="Held-out alphabets")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(frameon=False, fontsize=8)
@@ -74,17 +74,17 @@ def main() -> None:
     args = p.parse_args()
     matplotlib.use("Agg")  # files only; a notebook importing this module keeps its inline backend
     base = Path(args.results) / "omniglot" / args.scale
-    if not (base / "fig2_auc.csv").exists():
-        sys.exit(f"{base / 'fig2_auc.csv'} is missing; run scripts/aggregate_omniglot.py --scale {args.scale} first.")
+    if not (base / "runs.csv").exists():
+        sys.exit(f"{base / 'runs.csv'} is missing; run scripts/make_table.py omniglot --scale {args.scale} first.")
     out = base / "figures"
     out.mkdir(parents=True, exist_ok=True)
     for name, draw in (("fig2_left", lambda ax: fig2_left(base / "runs", ax)),
-                       ("fig2_right", lambda ax: fig2_right(base / "fig2_auc.csv", ax))):
+                       ("fig2_right", lambda ax: fig2_right(base / "runs.csv", ax))):
         fig, ax = plt.subplots(figsize=(4.2, 3.2), constrained_layout=True)
         draw(ax)
         ax.spines[["top", "right"]].set_visible(False)
         for ext in ("png", "pdf"):
-            fig.savefig(out / f"{name}.{ext}", dpi=150, metadata={"CreationDate": None} if ext == "pdf" else {})
+            fig.savefig(out / f"{name}.{ext}", dpi=150, metadata=tables.STABLE_METADATA[ext])
         plt.close(fig)
         print(out / f"{name}.png")
 

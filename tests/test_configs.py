@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import FAKE, ROOT, make_cfg
 from leapbench.errors import ConfigError
 from leapbench.methods.base import MetaLearner
-from leapbench.runner import build, run, validate
+from leapbench.runner import build, method_node, run, validate
 
 EXPERIMENTS = ["omniglot"]
 METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
@@ -30,7 +29,7 @@ def test_config_composes_and_instantiates(experiment, method, scale, fake_root, 
     assert cfg.run_dir.endswith(f"{experiment}/{method}/{scale}/n2-s0")
     data = build(cfg.data)
     inner = build(cfg.inner)
-    learner = build(cfg.method)
+    learner = build(method_node(cfg))
     assert isinstance(learner, MetaLearner)
     learner.setup(build(cfg.model), inner, len(data.pretrain))
     build(cfg.val), build(cfg.eval)
@@ -188,14 +187,14 @@ def test_cli_refused_config_leaves_a_finished_run_untouched(fake_root, tmp_path)
 def test_instantiate_uses_targets_only():
     """No string-to-class switch: the method class comes from its _target_."""
     cfg = make_cfg("method=reptile")
-    assert type(instantiate(cfg.method)).__name__ == "Reptile"
+    assert type(build(method_node(cfg))).__name__ == "Reptile"
 
 
 def test_meta_optimizer_is_any_torch_optimizer(fake_root, tmp_path):
     """Adam (Multi-CV's meta-optimizer) in place of SGD, from the command line alone."""
     cfg = make_cfg("method=leap", "scale=smoke", *FAKE, "method.meta_optimizer._target_=torch.optim.Adam",
                    "method.meta_optimizer.lr=0.01", tmp_path=tmp_path, data_root=fake_root)
-    learner = build(cfg.method)
+    learner = build(method_node(cfg))
     inner = build(cfg.inner)
     learner.setup(build(cfg.model), inner, 2)
     assert type(learner.meta_opt).__name__ == "Adam"

@@ -213,3 +213,45 @@ def test_resumed_run_continues_the_same_wandb_run(fake_root, tmp_path, monkeypat
     files = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
     ids = {f.stem.removeprefix("run-") for f in files}
     assert len(files) == 2 and ids == {hashlib.sha1(cfg.run_name.encode()).hexdigest()[:16]}
+
+
+def test_synced_history_of_a_crashed_and_resumed_run_holds_every_step_once(fake_root, tmp_path, monkeypatch):
+    """Offline W&B, a crash after a checkpoint with a row logged since, then a resume: the segments in the order
+    `make sync-wandb` syncs them hold every metrics row once, in order (read from the offline files, no
+    network); the curves table and the tested initialization (a model artifact) come once, at the end."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sync_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("method=leap", "scale=smoke", "logger=wandb", *FAKE, "train.meta_steps=4", "train.val_every=2",
+                   "train.ckpt_every=2", "eval.steps=5", tmp_path=tmp_path, data_root=fake_root)
+    real_step, calls = Leap.meta_step, []
+
+    def crash_in_meta_step_4(self, tasks, generator):
+        calls.append(1)
+        if len(calls) == 4:  # after the checkpoint at 2 and the row of meta-step 3
+            raise DivergenceError("Non-finite loss (nan) injected")
+        return real_step(self, tasks, generator)
+
+    monkeypatch.setattr(Leap, "meta_step", crash_in_meta_step_4)
+    with pytest.raises(DivergenceError):
+        run(cfg)
+    monkeypatch.setattr(Leap, "meta_step", real_step)
+    assert run(cfg)["status"] == "finished"
+    (run_dir, segs), = sync_wandb.segments(tmp_path).items()
+    assert run_dir == Path(cfg.run_dir) and len(segs) == 2
+    first = sync_wandb.history(segs[0])
+    assert [int(r["meta_step"]) for r in first] == [0, 1, 2, 2]  # val 0, train 1-2, val 2: not train 3
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    synced = first + sync_wandb.history(segs[1])
+    assert [int(r["_step"]) for r in synced] == list(range(len(rows) + 1))  # every row once, then the curves table
+    assert [int(r["meta_step"]) for r in synced[:-1]] == [r["meta_step"] for r in rows]
+    table = [any(k.startswith("curves/") for k in r) for r in synced]
+    assert table == [False] * len(rows) + [True]
+    artifacts = [(r.artifact.type, r.artifact.name) for seg in segs for f in seg.glob("run-*.wandb")
+                 for r in sync_wandb.records(f) if r.WhichOneof("record_type") == "artifact"]
+    assert [a for a in artifacts if a[0] == "model"] == [("model", f"init-{segs[0].name.split('-')[-1]}")]
+    assert len(artifacts) <= 2  # the model and, at most, the one curves table
+    out = subprocess.run([sys.executable, "scripts/sync_wandb.py", str(tmp_path), "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.index(segs[0].name) < out.index(segs[1].name)

@@ -16,6 +16,7 @@ from torch import nn
 from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap, increment
 from leapbench.methods.reptile import Reptile
+from leapbench.runner import build, method_node
 
 
 class Scalar(nn.Module):
@@ -123,10 +124,9 @@ def test_increment_vector_case():
 
 def test_leap_paper_config_is_eq8_with_its_factor_two():
     """method=leap_paper: energy (no normalisation) and lr 0.2 = the paper's beta 0.1 times eq. 8's factor 2."""
-    from hydra.utils import instantiate
 
     from conftest import make_cfg
 
-    learner = instantiate(make_cfg("method=leap_paper").method)
+    learner = build(method_node(make_cfg("method=leap_paper")))
     # eq. 8: 2 * mean(-1.171875, -4.875) = -6.046875; Alg. 1 line 12 with beta 0.1: 0 - 0.1 * -6.046875
     assert meta_step(learner, [1.0, 2.0]) == pytest.approx(0.6046875)

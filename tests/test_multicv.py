@@ -1,10 +1,10 @@
 """Multi-CV benchmark: configs, the leave-one-out data, per-task heads, epoch-capped training, runs, Table 2."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from leapbench.errors import ConfigError, DataError
 from leapbench.evaluation import Adaptation, adapt, auc, thin
 from leapbench.inner import Inner
 from leapbench.models import MultiHeadConvNet
-from leapbench.runner import build, run
+from leapbench.runner import build, method_node, run
 from leapbench.tasks import Task
 
 METHODS = ["leap", "finetune", "scratch"]
@@ -46,7 +46,7 @@ def linear() -> nn.Module:
 def test_config_composes(method, scale, tmp_path):
     cfg = make_cfg("experiment=multicv", f"method={method}", f"scale={scale}", "heldout=mnist", tmp_path=tmp_path)
     assert cfg.run_dir.endswith(f"multicv/{method}/{scale}/mnist-s0") and cfg.data.heldout == "mnist"
-    inner, learner = build(cfg.inner), build(cfg.method)
+    inner, learner = build(cfg.inner), build(method_node(cfg))
     build(cfg.eval), build(cfg.val)
     assert inner.epochs and inner.batch_size == 32 and cfg.inner.optimizer.lr == 0.1  # App. E, every method
     if scale == "paper":
@@ -132,7 +132,7 @@ def fresh_heads(model: MultiHeadConvNet) -> dict[str, torch.Tensor]:
 @needs_data
 def test_leap_meta_learns_the_body_and_never_shares_a_head(tmp_path):
     cfg = make_cfg(*SMOKE, "method=leap", tmp_path=tmp_path)
-    data, inner, learner = build(cfg.data), build(cfg.inner), build(cfg.method)
+    data, inner, learner = build(cfg.data), build(cfg.inner), build(method_node(cfg))
     model = build(cfg.model, **data.model_kwargs)
     heads0, body0 = fresh_heads(model), [p.detach().clone() for p in model.body.parameters()]
     learner.setup(model, inner, len(data.pretrain))
@@ -148,7 +148,7 @@ def test_leap_meta_learns_the_body_and_never_shares_a_head(tmp_path):
 @needs_data
 def test_finetune_trains_each_task_head_and_hands_over_a_fresh_one(tmp_path):
     cfg = make_cfg(*SMOKE, "method=finetune", tmp_path=tmp_path)
-    data, inner, learner = build(cfg.data), build(cfg.inner), build(cfg.method)
+    data, inner, learner = build(cfg.data), build(cfg.inner), build(method_node(cfg))
     model = build(cfg.model, **data.model_kwargs)
     heads0 = fresh_heads(model)
     learner.setup(model, inner, len(data.pretrain))
@@ -249,16 +249,18 @@ def test_table2_and_notebook(runs, tmp_path, monkeypatch):
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table2.csv").write_text((ROOT / "results" / "paper" / "table2.csv").read_text())
-    text = script("scripts/aggregate_multicv.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    text = script("scripts/make_table.py", "multicv", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
     base = results / "multicv" / "smoke"
     assert len(list(base.glob("runs/*/*/summary.json"))) == 7  # 3 methods x 2 held-out + seed 1; no tagged variant
-    rows = {(r["heldout"], r["method"]): r for r in csv.DictReader((base / "table2.csv").open())}
-    leap = rows[("mnist", "leap")]
+    cells = pd.read_csv(base / "table2.csv").set_index(["heldout", "method"])
+    leap = cells.loc[("mnist", "leap")]
     errors = [json.loads((base / "runs" / "leap" / f"mnist-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
-    assert float(leap["test_mean"]) == pytest.approx(np.mean(errors), abs=0.01) and leap["n_seeds"] == "2"
-    assert leap["paper_test"] == "0.7" and rows[("cifar10", "scratch")]["paper_auc"] == "23.0"
-    assert "| MNIST | Leap | " in text and "(0.7)" in text and "Fine-tuning [1 seed]" in text
+    assert leap["test_error_mean"] == pytest.approx(np.mean(errors), abs=1e-3) and leap["n_seeds"] == 2
+    assert leap["paper_test_error"] == 0.7 and cells.loc[("cifar10", "scratch"), "paper_auc"] == 23.0
+    assert "| MNIST " in text and "(0.7)" in text and "[1]" in text  # a cell with fewer seeds is marked
+    pairs = pd.read_csv(base / "table2_paired.csv")
+    assert set(pairs["method"]) == {"finetune", "scratch"} and "The paper's claims on these runs" in text
 
     outputs = notebook_outputs("multicv_table2.ipynb", results, "smoke", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert any("(paper 0.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert any("(0.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)

@@ -1,9 +1,9 @@
 """From runs to committed results to Table 1 and Fig. 2: export, aggregate, draw (scripts run as a user would)."""
 from __future__ import annotations
 
-import csv
 import json
 
+import pandas as pd
 import pytest
 
 from conftest import ROOT, make_cfg, notebook_outputs, script
@@ -30,7 +30,7 @@ def test_aggregate_and_figures(runs, tmp_path):
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
-    text = script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    text = script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
     base = results / "omniglot" / "smoke"
     exported = sorted(p.parent.relative_to(base / "runs").as_posix() for p in base.glob("runs/*/*/summary.json"))
     assert len(exported) == 12 and "leap/n1-s0-variant" not in exported  # tagged variants are not cells
@@ -38,23 +38,26 @@ def test_aggregate_and_figures(runs, tmp_path):
     assert "paths." not in summary["command"] and summary["seed"] == 0 and summary["commit"]
     assert str(runs) not in (base / "runs" / "leap" / "n1-s0" / "config.yaml").read_text()  # no machine paths
 
-    rows = list(csv.DictReader((base / "table1.csv").open()))
-    cell = next(r for r in rows if r["method"] == "leap" and r["num_pretrain"] == "1")
+    runs_csv = pd.read_csv(base / "runs.csv")
+    assert len(runs_csv) == 12 and set(runs_csv["label"]) == {"Leap", "Reptile", "No pretraining"}
+    cell = pd.read_csv(base / "table1.csv").query("method == 'leap' and num_pretrain == 1").iloc[0]
     errors = [json.loads((base / "runs" / "leap" / f"n1-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
     mu, sd = mean_std(errors)
-    assert float(cell["error_mean"]) == pytest.approx(mu, abs=0.01) and float(cell["error_std"]) == pytest.approx(sd, abs=0.01)
-    assert cell["n_seeds"] == "2" and cell["paper_error"] == "8.7"  # the paper's 1-task Leap cell beside ours
-    assert "| 1 |" in text and "(8.7)" in text and "Fig. 2 (right)" in text
+    assert cell["test_error_mean"] == pytest.approx(mu, abs=1e-3) and cell["test_error_std"] == pytest.approx(sd, abs=1e-3)
+    assert cell["n_seeds"] == 2 and cell["paper_test_error"] == 8.7  # the paper's 1-task Leap cell beside ours
+    assert "| 1 " in text and "(8.7)" in text and "Fig. 2 (right)" in text
     leap, scratch = ([json.loads((base / "runs" / m / f"n1-s{s}" / "summary.json").read_text())["test"]["error"]
                       for s in (0, 1)] for m in ("leap", "scratch"))
     assert format_interval([a - b for a, b in zip(leap, scratch)]) in text  # Leap - scratch, paired by seed
+    assert pd.read_csv(base / "table1_paired.csv").query("method == 'scratch' and num_pretrain == 1 and "
+                                                         "score == 'test_error'")["n_pairs"].item() == 2
 
     script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
     for name in ("fig2_left", "fig2_right"):
         for ext in ("png", "pdf"):
             assert (base / "figures" / f"{name}.{ext}").stat().st_size > 1000
     before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
-    script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--results", str(results))
+    script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results))
     script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
     assert {p: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before  # reruns rewrite the same bytes
 
@@ -64,10 +67,12 @@ def test_notebook_runs_on_fixture(runs, tmp_path, monkeypatch):
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
-    script("scripts/aggregate_omniglot.py", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
     outputs = notebook_outputs("omniglot_table1_fig2.ipynb", results, "smoke", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 2 drawn
-    assert any("(paper 8.7)" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # Table 1 beside the paper
+    markdown = [o.get("data", {}).get("text/markdown", "") for o in outputs]
+    assert any("(8.7)" in m for m in markdown)  # Table 1 beside the paper
+    assert any("No pretraining" in m and "[" in m for m in markdown)  # Leap's paired differences with intervals
 
 
 def test_paired_runs_prints_the_paired_difference_and_exports(runs, tmp_path):

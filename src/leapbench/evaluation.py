@@ -74,7 +74,7 @@ class Adaptation:
         if self.mode == "early_stop" and self.max_steps < self.steps:
             raise ConfigError(f"max_steps={self.max_steps} must be >= steps={self.steps}.")
 
-    def run(self, model: nn.Module, task: Task, inner: Inner, generator: torch.Generator) -> dict:
+    def run(self, model: nn.Module, task: Task, inner: Inner, generator: torch.Generator, monitor=None) -> dict:
         return adapt(model, task, inner, self, generator)
 
 
@@ -164,11 +164,13 @@ def thin(curve: list[float], points: int = MAX_POINTS) -> list[float]:
     return [round(e, 4) for e in curve]
 
 
-def evaluate(init: nn.Module, tasks: list, inner, adaptation, seed: int) -> dict:
+def evaluate(init: nn.Module, tasks: list, inner, adaptation, seed: int, monitor=None) -> dict:
     """Adapt a copy of ``init`` to each task (BatchNorm statistics reset per task) and average the scores.
 
-    ``adaptation`` is any object with ``run(model, task, inner, generator) -> dict`` and the names of the
-    ``scores`` it reports (``Adaptation`` here; Atari's ``rl.a2c.Training`` trains agents instead).
+    ``adaptation`` is any object with ``run(model, task, inner, generator, monitor) -> dict`` and the names of
+    the ``scores`` it reports (``Adaptation`` here; Atari's ``rl.a2c.Training`` trains agents instead). A long
+    adaptation reports its progress to ``monitor(task_name, done, total, score)`` (Atari: frames and the moving
+    average return); a short one may ignore it.
 
     ``seed`` fixes batches and augmentation, so every method sees the same data in the same order.
     """
@@ -178,7 +180,7 @@ def evaluate(init: nn.Module, tasks: list, inner, adaptation, seed: int) -> dict
         model.load_state_dict(init.state_dict())
         reset_batchnorm(model)
         generator = torch.Generator().manual_seed(1000 * seed + k)  # per task: independent of other tasks' lengths
-        results[k] = adaptation.run(model, tasks[k], inner, generator)
+        results[k] = adaptation.run(model, tasks[k], inner, generator, monitor)
     results = distributed.gather(results)
     per_task = [results[k] for k in range(len(tasks))]
     n = min(len(t["curve"]) for t in per_task)

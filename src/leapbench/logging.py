@@ -53,8 +53,12 @@ def write_json(path: Path, obj: Any) -> None:
 class RunLogger:
     """Appends metric rows to ``metrics.jsonl`` and mirrors them to W&B (``wandb=True``).
 
-    The W&B run id is derived from the run name, so a rerun of the same run resumes the same W&B run.
-    If W&B cannot start, logging continues locally with one warning.
+    The W&B run id is derived from the run name, so a rerun of the same run resumes the same W&B run (offline:
+    one more segment under ``wandb/``). Rows reach W&B at ``commit()`` (the runner commits after each checkpoint),
+    their index in metrics.jsonl as W&B's step: rows a crash loses are the rows a resumed run redoes, so the synced
+    history holds every step once, in order. At the end W&B gets the summary, one table of every evaluation
+    curve and the tested initialization (``init.pt``) as a model artifact. If W&B cannot start, logging
+    continues locally with one warning.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class RunLogger:
         self.rows = sum(1 for _ in self.path.open()) if self.path.exists() else 0
         self.metrics = open(self.path, "a")
         self.wandb = None
+        self.pending: list[tuple[int, dict]] = []  # (row index, row) not yet mirrored to W&B
         if wandb:
             self.wandb = self._start_wandb(run_name, config, mode, project, entity, group, job_type, tags)
 
@@ -95,29 +100,41 @@ class RunLogger:
             self.metrics.flush()
         except OSError as e:
             raise write_error(self.path, e) from e
-        self.rows += 1
         if self.wandb is not None:
-            self._mirror(row)
+            self.pending.append((self.rows, row))
+        self.rows += 1
 
-    def _mirror(self, row: dict) -> None:
+    def commit(self) -> None:
+        """Mirror the rows logged since the last commit to W&B: call it once they can no longer be redone."""
+        rows, self.pending = self.pending, []
+        if self.wandb is None:
+            return
         try:
-            import wandb
-
-            split = row["split"]
-            data: dict[str, Any] = {"meta_step": row["meta_step"]}
-            for k, v in row.items():
-                if k in ("split", "meta_step"):
-                    continue
-                if k == "curve":
-                    table = wandb.Table(data=[[i, e] for i, e in enumerate(v)], columns=["adapt_step", "error"])
-                    title = f"{split} training-error curve at meta-step {row['meta_step']}"
-                    data[f"{split}/curve"] = wandb.plot.line(table, "adapt_step", "error", title=title)
-                elif isinstance(v, (int, float)):
-                    data[f"{split}/{k}"] = v
-            self.wandb.log(data)
+            for index, row in rows:  # W&B's step is the row's index in metrics.jsonl: resumed runs continue it
+                data: dict[str, Any] = {"meta_step": row["meta_step"]}
+                data |= {f"{row['split']}/{k}": v for k, v in row.items()
+                         if k not in ("split", "meta_step") and isinstance(v, (int, float))}
+                self.wandb.log(data, step=index)
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local files only.", stacklevel=2)
             self.wandb = None
+
+    def _log_curves_and_init(self) -> None:
+        """One table of every evaluation curve of the run (from metrics.jsonl, so a resumed run's are all there)
+        and the tested initialization as a model artifact."""
+        import wandb
+
+        rows = [json.loads(line) for line in self.path.read_text().splitlines()]
+        curves = [[r["split"], r["meta_step"], i, e] for r in rows if "curve" in r for i, e in enumerate(r["curve"])]
+        if curves:
+            table = wandb.Table(data=curves, columns=["split", "meta_step", "adapt_step", "error"])
+            self.wandb.log({"curves": table}, step=len(rows))
+        init = self.run_dir / "init.pt"
+        if init.exists():
+            artifact = wandb.Artifact(f"init-{self.wandb.id}", type="model",
+                                      description="the tested initialization (init.pt)")
+            artifact.add_file(str(init))
+            self.wandb.log_artifact(artifact, aliases=["tested"])
 
     def truncate(self, rows: int) -> None:
         """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest)."""
@@ -130,14 +147,21 @@ class RunLogger:
 
     def summary(self, summary: dict) -> None:
         write_json(self.run_dir / "summary.json", summary)
+        self.commit()
         if self.wandb is not None:
+            try:
+                self._log_curves_and_init()
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B could not log the curves or init.pt ({type(e).__name__}: {e}).", stacklevel=2)
             flat = {f"{k}/{kk}": vv for k, v in summary.items() if isinstance(v, dict)
                     for kk, vv in v.items() if isinstance(vv, (int, float, str))}
             flat.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
             self.wandb.summary.update(flat)
 
     def close(self, exit_code: int = 0) -> None:
+        """Finish; rows not committed are dropped from W&B (a resumed run logs them again)."""
         self.metrics.close()
+        self.pending = []
         if self.wandb is not None:
             try:
                 self.wandb.finish(exit_code=exit_code)
@@ -152,6 +176,8 @@ class NullLogger:
     rows = 0
 
     def log(self, row: dict) -> None: ...
+
+    def commit(self) -> None: ...
 
     def truncate(self, rows: int) -> None: ...
 

@@ -31,12 +31,14 @@ from .errors import ConfigError, LeapError, WriteError, write_error
 from .evaluation import evaluate
 from .inner import DivergenceError
 from .logging import NullLogger, atomic_open, write_json
-from .methods.base import InitializationLearner, MetaLearner
+from .methods.base import InitializationLearner
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
 NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "paths", "cell", "run_name")
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
+# Method keys for tables and figures only: not passed to the method's class, never part of a run's identity.
+PRESENTATION_KEYS = ("label", "color")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
 ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inner", "patience"): None,
                   ("inner", "check_every"): 20, ("eval", "stop_on"): "heldout", ("eval", "val_per_class"): 3}
@@ -91,7 +93,7 @@ def validate(cfg: DictConfig) -> tuple:
     check_device(str(cfg.device))
     schema.check_types(cfg)
     check(cfg)
-    inner, learner = build(cfg.inner), build(cfg.method)
+    inner, learner = build(cfg.inner), build(method_node(cfg))
     build(cfg.model, **MODEL_STUBS.get(cfg.model._target_, {}))  # its ranges (the real one waits for the data)
     test_adapt, val_adapt = (build_adaptation(cfg, group) for group in ("eval", "val"))
     if cfg.device != "cpu" and inner.cpu_only:
@@ -106,6 +108,11 @@ def validate(cfg: DictConfig) -> tuple:
     if learner.batched and cfg.train.on_divergence == "skip":
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
     return inner, learner, val_adapt, test_adapt
+
+
+def method_node(cfg: DictConfig) -> DictConfig:
+    """``cfg.method`` without its presentation keys (label, colour): what the method's class is built from."""
+    return OmegaConf.masked_copy(cfg.method, [k for k in cfg.method if k not in PRESENTATION_KEYS])
 
 
 def build_adaptation(cfg: DictConfig, group: str):
@@ -200,6 +207,8 @@ def _result_config(config: DictConfig | dict) -> dict:
         c["data"] = {k: v for k, v in c["data"].items() if k not in ("root", "cache_dir", "download")}
     if isinstance(c.get("train"), dict):
         c["train"] = {k: v for k, v in c["train"].items() if k not in NON_RESULT_TRAIN_KEYS}
+    if isinstance(c.get("method"), dict):
+        c["method"] = {k: v for k, v in c["method"].items() if k not in PRESENTATION_KEYS}
     defaults = ADDED_DEFAULTS | ({("eval", "stop_on"): "val", ("val", "stop_on"): "val"}
                                  if c.get("experiment_name") == "multicv" else {})
     for (group, key), default in defaults.items():
@@ -402,6 +411,32 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) ->
         logger.close(exit_code)
 
 
+class TestProgress:
+    """The monitor of a long test adaptation (Atari: frames per game): a progress bar with ETA per task, and each
+    report streamed to the logger (and W&B) as a ``test_progress/<task>`` row while the test runs."""
+
+    def __init__(self, logger, step: int, show: bool) -> None:
+        self.logger, self.step, self.show, self.bars = logger, step, show, {}
+
+    def __call__(self, task: str, done: int, total: int, score: float | None) -> None:
+        if task not in self.bars:
+            self.bars[task] = tqdm(total=total, desc=f"test {task}", unit="frame", unit_scale=True,
+                                   disable=not self.show, dynamic_ncols=True)
+        bar = self.bars[task]
+        bar.update(done - bar.n)
+        if score is not None:
+            bar.set_postfix(avg_return=f"{score:.1f}")
+            self.logger.log({"meta_step": self.step, "split": f"test_progress/{task}", "frames": done, "return": score})
+            self.logger.commit()
+
+    def __enter__(self) -> TestProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logger, resume, config_hash) -> dict:
     t = cfg.train
     run_dir = Path(cfg.run_dir)
@@ -450,6 +485,7 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
             return
         checkpoint.save(run_dir, {"config_hash": config_hash, "learner": learner.state_dict(), "state": state,
                                   "generator": g.get_state(), "queue": list(sampler.queue), "rows": logger.rows})
+        logger.commit()  # the rows up to here are never redone: W&B may have them
 
     if validate and resume is None:
         validation(0)
@@ -481,14 +517,15 @@ def _meta_train_and_test(cfg, data, inner, learner, val_adapt, test_adapt, logge
         init.load_state_dict(best["init"])
     if distributed.is_main():
         checkpoint.save(run_dir, init.state_dict(), name="init.pt")  # the tested initialization
-    with where("Test evaluation"):
-        test = evaluate(init, data.test, inner, test_adapt, test_seed)
+    with where("Test evaluation"), TestProgress(logger, step, cfg.progress and distributed.is_main()) as monitor:
+        test = evaluate(init, data.test, inner, test_adapt, test_seed, monitor)
     scores = test_adapt.scores  # Omniglot, Multi-CV: error, auc, train_error; Atari: returns
     logger.log({"meta_step": step, "split": "test", **{k: test[k] for k in scores}, "curve": test["curve"]})
     if distributed.is_main():
         write_json(Path(cfg.run_dir) / "eval_test.json", test)
     return {
         "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name, "cell": cfg.cell,
+        "label": cfg.method.get("label", learner.name), "color": cfg.method.get("color"),
         "num_pretrain": len(data.pretrain), "seed": cfg.seed, "split_seed": cfg.data.get("split_seed"),
         "test": {k: test[k] for k in scores}
         | {f"{scores[0]}_per_task": [round(x[scores[0]], 2) for x in test["tasks"]],

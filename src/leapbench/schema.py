@@ -224,12 +224,18 @@ class Training:
     points: int
 
 
-# Methods.
+# Methods: every one has a name, and a label and colour for tables and figures (not passed to its class).
 
 @dataclass
-class Leap:
+class Method:
     _target_: str
     name: str
+    label: str
+    color: str
+
+
+@dataclass
+class Leap(Method):
     norm: bool
     loss: bool
     stabilizer: bool
@@ -239,9 +245,7 @@ class Leap:
 
 
 @dataclass
-class Reptile:
-    _target_: str
-    name: str
+class Reptile(Method):
     last_step: bool
     scope: Optional[str]
     batched: bool
@@ -249,25 +253,20 @@ class Reptile:
 
 
 @dataclass
-class FOMAML:
-    _target_: str
-    name: str
+class FOMAML(Method):
     scope: Optional[str]
     batched: bool
     meta_optimizer: Optimizer
 
 
 @dataclass
-class Finetune:
-    _target_: str
-    name: str
+class Finetune(Method):
     multi_head: bool
 
 
 @dataclass
-class Scratch:
-    _target_: str
-    name: str
+class Scratch(Method):
+    pass
 
 
 TARGETS: dict[str, type] = {

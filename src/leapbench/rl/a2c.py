@@ -308,9 +308,18 @@ class Training:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
 
-    def run(self, model: ActorCritic, task: Game, inner: A2C, generator: torch.Generator) -> dict:
+    def run(self, model: ActorCritic, task: Game, inner: A2C, generator: torch.Generator, monitor=None) -> dict:
         per_update = inner.num_envs * inner.unroll * FRAMESKIP
-        losses = inner.train(model, task, generator, steps=max(1, math.ceil(self.frames / per_update)))
+        updates = max(1, math.ceil(self.frames / per_update))
+        every = max(1, updates // self.points)
+
+        def report(i: int) -> bool:  # every 1/points of the game's frames: frames so far and the moving average
+            if monitor is not None and ((i + 1) % every == 0 or i + 1 == updates):
+                recent = [r for _, r in inner.last_episodes[-self.window:]]
+                monitor(task.name, inner.frames, updates * per_update, float(np.mean(recent)) if recent else None)
+            return False
+
+        losses = inner.train(model, task, generator, steps=updates, after_step=report)
         episodes, played = list(inner.last_episodes), inner.frames
         returns = [r for _, r in episodes]
         marks = [round(played * (k + 1) / self.points) for k in range(self.points)]
