@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-# Real data for tests and runs: ../shared/datasets beside the checkout unless LEAP_DATA_DIR says otherwise.
-export LEAP_DATA_DIR ?= $(abspath ../shared/datasets)
+# Data for runs and tests: ./data (torchvision downloads land there) unless LEAP_DATA_DIR says otherwise;
+# .ci/run points it at the project's shared copy.
+export LEAP_DATA_DIR ?= $(abspath data)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean

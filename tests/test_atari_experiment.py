@@ -125,9 +125,13 @@ def test_smoke_run_of_every_method(runs):
             assert game["frames"] >= 800 and game["episodes_done"] >= 4
             scores = [r for _, r in game["episodes"]]
             assert game["return"] == pytest.approx(sum(scores[-5:]) / len(scores[-5:]))
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         if method != "scratch":
-            rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
             assert [r["meta_step"] for r in rows if r["split"] == "train"] == [1, 2]
+        for game in ("pong", "breakout"):  # the test training streamed its progress while it ran
+            progress = [r for r in rows if r["split"] == f"test_progress/{game}"]
+            assert progress and [r["frames"] for r in progress] == sorted({r["frames"] for r in progress})
+            assert progress[-1]["frames"] == next(g for g in ev["tasks"] if g["name"] == game)["frames"]
     # Same seed: Leap and scratch start from the same random encoder, so the comparison is paired.
     a = torch.load(runs / "atari" / "scratch" / "smoke" / "fig3-s0" / "init.pt")
     b = torch.load(runs / "atari" / "leap" / "smoke" / "fig3-s0" / "init.pt")

@@ -12,10 +12,11 @@ from omegaconf import OmegaConf
 from conftest import FAKE, ROOT, make_cfg
 from leapbench.errors import ConfigError
 from leapbench.methods.base import MetaLearner
+from leapbench import registry
 from leapbench.runner import build, method_node, run, validate
 
 EXPERIMENTS = ["omniglot"]
-METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
+METHODS = list(registry.methods())  # every config in conf/method/
 SCALES = ["paper", "small", "smoke", "budget"]
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from conftest import FAKE, make_cfg
 from leapbench.errors import ConfigError
+from leapbench import registry
 from leapbench.runner import run
 
-METHODS = ["leap", "leap_paper", "reptile", "fomaml", "finetune", "finetune_single", "scratch"]
+METHODS = list(registry.methods())  # every config in conf/method/
 
 
 def rows(run_dir: Path) -> list[dict]:
