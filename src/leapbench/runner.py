@@ -112,7 +112,8 @@ def validate(cfg: DictConfig) -> tuple:
 
 def method_node(cfg: DictConfig) -> DictConfig:
     """``cfg.method`` without its presentation keys (label, colour): what the method's class is built from."""
-    return OmegaConf.masked_copy(cfg.method, [k for k in cfg.method if k not in PRESENTATION_KEYS])
+    node = OmegaConf.to_container(cfg.method, resolve=True)  # resolved here: the copy has no parent config
+    return OmegaConf.create({k: v for k, v in node.items() if k not in PRESENTATION_KEYS})
 
 
 def build_adaptation(cfg: DictConfig, group: str):
