@@ -8,12 +8,9 @@ Nothing here needs W&B or the network.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import OmegaConf
 
@@ -59,16 +56,6 @@ def export_run(run_dir: Path, dest: Path) -> dict | None:
     return summary
 
 
-def load_summaries(root: Path) -> list[dict]:
-    """Every exported ``summary.json`` under ``root``, with ``path`` set to its folder."""
-    out = []
-    for p in sorted(root.rglob("summary.json")):
-        s = json.loads(p.read_text())
-        if s.get("status") == "finished":
-            out.append(s | {"path": str(p.parent)})
-    return out
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     n = len(values)
@@ -77,39 +64,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and its 95 % Student-t interval ``(mean, low, high)``; the interval is the mean alone for one value."""
-    import numpy as np
-    from scipy import stats
-
-    d = np.asarray(values, dtype=float)
-    if len(d) < 2:
-        return float(d.mean()), float(d.mean()), float(d.mean())
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def format_interval(values, digits: int = 1) -> str:
     """``+m [+lo, +hi]`` (``+m`` alone for one value)."""
-    m, lo, hi = t_interval(values)
+    from .tables import interval
+
+    r = interval(values)
+    m, lo, hi = r["diff_mean"], r["t_low"], r["t_high"]
     return f"{m:+.{digits}f}" if len(values) < 2 else f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-
-
-def script_summaries(doc: str, experiment: str, collect: Callable[[Path, Path, str], int], default_results: Path):
-    """The command line shared by the table and figure scripts: ``--scale``, ``--collect RUNS``, ``--results``.
-
-    Exports finished runs first when asked, then returns ``(args, base, summaries)`` with ``base`` =
-    ``<results>/<experiment>/<scale>``; exits with a message when there is nothing to read.
-    """
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", default="small")
-    p.add_argument("--collect", metavar="RUNS", help="export finished runs from this runs folder first")
-    p.add_argument("--results", default=str(default_results), help="results folder")
-    args = p.parse_args()
-    base = Path(args.results) / experiment / args.scale
-    if args.collect:
-        print(f"exported {collect(Path(args.collect), base, args.scale)} finished runs", file=sys.stderr)
-    summaries = [s for s in load_summaries(base / "runs") if s.get("experiment") == experiment]
-    if not summaries:
-        sys.exit(f"No finished {experiment} runs under {base / 'runs'}; run the sweep, then pass --collect runs.")
-    return args, base, summaries

@@ -86,10 +86,8 @@ def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.Met
     if spec.experiment == "atari":
         episodes = json.loads((folder / "curves.json").read_text()).get("episodes", {}) \
             if (folder / "curves.json").exists() else {}
-        return [row | {"game": game, "final_return": test["return_per_task"][k],
-                       "mean_return": test.get("mean_return_per_task", [None] * len(test["tasks"]))[k]
-                       if "mean_return_per_task" in test else
-                       (float(np.mean([score for _, score in episodes[game]])) if episodes.get(game) else np.nan)}
+        return [row | {"game": game, "final_return": test["return_per_task"][k],  # mean return: every episode's
+                       "mean_return": float(np.mean([r for _, r in episodes[game]])) if episodes.get(game) else np.nan}
                 | tail | config for k, game in enumerate(test["tasks"])]
     cell = {"heldout": s.get("cell")} if spec.cell == "heldout" else {}
     return [row | cell | {"test_error": test["error"], "auc": test["auc"], "train_error": test.get("train_error")}
