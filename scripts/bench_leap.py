@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from leapbench.inner import Inner
 from leapbench.logging import write_json
 from leapbench.runner import bench_commit
-from leapbench.methods.base import flat_grads, flat_params, grad_views
+from leapbench.methods.flat import flat_grads, flat_params, grad_views
 from leapbench.methods.leap import Leap
 from leapbench.models import ConvNet
+from leapbench.protocols import Step
 from leapbench.tasks import Task
 
 
@@ -68,16 +69,17 @@ def overhead(steps: int, reps: int) -> dict:
     cycling through all six permutations, so drifts in machine speed hit all alike; each rep is one task of
     ``steps`` updates. The arms: the plain loop (what every other method runs: gradients released each step),
     the plain loop with its gradients in one preallocated vector cleared in place (Leap's memory layout without
-    its arithmetic), and Leap. Also times Leap's own callbacks (its ``zero_grad`` and ``observe``).
+    its arithmetic), and Leap, driven as the sequential engine drives it. Also times Leap's own hooks
+    (``before_backward`` and ``observe``, with the ``Step`` each gets).
     """
     inner = Inner(partial(torch.optim.SGD, lr=0.1), steps=steps, batch_size=20)
     task, plain, flat = omniglot_task(0), model(), model()
     leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
     leap.setup(model(), inner, 1)
-    leap.theta0 = flat_params(leap.params)
+    theta0 = flat_params(leap.params)
     init = {k: v.clone() for k, v in plain.state_dict().items()}
     params, grads = partial(flat_params, leap.work_params), partial(flat_grads, leap.work_params)
-    flat_vector = torch.zeros_like(leap.theta0)
+    flat_vector = torch.zeros_like(theta0)
     flat_views = grad_views(list(flat.parameters()), flat_vector)
     own = [0.0]
 
@@ -95,12 +97,12 @@ def overhead(steps: int, reps: int) -> dict:
             net.load_state_dict(init)
         for p, view in zip(flat.parameters(), flat_views):
             p.grad = view
-        state = leap.begin_task()
-        hook = timed(lambda step, loss, m: leap.observe(state, step, loss, params, grads))
+        state = leap.begin_task(theta0)
+        hook = timed(lambda i, loss, m: leap.observe(state, Step(i, loss, i == steps - 1, params, grads)))
         runs = [inner.updates(plain, task, torch.Generator().manual_seed(1)),
                 inner.updates(flat, task, torch.Generator().manual_seed(1), zero_grad=lambda i, f: flat_vector.zero_()),
                 inner.updates(leap.work, task, torch.Generator().manual_seed(1), hook=hook,
-                              zero_grad=timed(leap.inner_options(state)["zero_grad"]))]
+                              zero_grad=timed(lambda i, loss: leap.before_backward(state, loss)))]
         own[0], times = 0.0, [0.0, 0.0, 0.0]
         for i in range(steps):
             for k in orders[i % len(orders)]:

@@ -33,7 +33,7 @@ def retest(run_dir: Path, overrides: list[str]) -> dict:
     if summary.get("status") != "finished" or not (run_dir / "init.pt").exists():
         raise LeapError("no finished run with an init.pt here; run it to the end first.")
     data = build(cfg.data)
-    model = build(cfg.model, **getattr(data, "model_kwargs", {}))
+    model = build(cfg.model, **data.model_kwargs)
     model.load_state_dict(torch.load(run_dir / "init.pt", map_location="cpu"))
     res = evaluate(model, data.test, build(cfg.inner), build(cfg.eval), eval_seeds(cfg.seed)[1])
     return {"run": "/".join(run_dir.parts[-4:]), "method": summary["method"], "seed": summary["seed"],

@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT, make_cfg, notebook_outputs, script
 from leapbench.data.atari import AtariGames
 from leapbench.errors import ConfigError
-from leapbench.methods.base import flat_grads, flat_params, task_seeds
+from leapbench.methods.base import task_seeds
+from leapbench.methods.flat import flat_grads, flat_params
 from leapbench.methods.leap import Leap
 from leapbench.rl.a2c import A2C, ActorCritic, Game
 from leapbench.rl.atari import action_counts

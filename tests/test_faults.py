@@ -20,7 +20,7 @@ import torch
 from conftest import FAKE, ROOT, make_cfg
 from leapbench.errors import ConfigError, WriteError
 from leapbench.inner import DivergenceError, Inner
-from leapbench.methods.base import flat_params
+from leapbench.methods.flat import flat_params
 from leapbench.methods.leap import Leap
 from leapbench.runner import LOCK, run
 from test_methods import net, toy_task

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 
 from leapbench.errors import ConfigError
 from leapbench.inner import Inner
-from leapbench.methods.base import flat_grads, flat_params, is_channels_last, set_grads, task_seeds
+from leapbench.methods.base import task_seeds
+from leapbench.methods.flat import flat_grads, flat_params, is_channels_last, set_grads
 from leapbench.methods.finetune import Finetune
 from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap
 from leapbench.methods.reptile import Reptile
 from leapbench.methods.scratch import Scratch
 from leapbench.models import ConvNet, MultiHeadConvNet
+from leapbench.protocols import Step
 from leapbench.tasks import Task
 
 
@@ -61,7 +63,7 @@ def test_leap_restarts_every_task_from_theta0_with_fresh_batchnorm():
     leap.setup(net(), inner, 1)
     buffers0 = {k: v.clone() for k, v in leap.model.state_dict().items() if "running" in k}
     seen = []
-    leap.begin_task = lambda: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap))[1]
+    leap.begin_task = lambda theta0: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap, theta0))[1]
     leap.meta_step([toy_task(1), toy_task(2)], torch.Generator().manual_seed(0))
     for state in seen:  # each task starts at theta^0 (pre-update) with initial running statistics
         for k, v in buffers0.items():
@@ -156,6 +158,7 @@ def test_leap_sgd_shortcut_equals_the_general_path(kw, monkeypatch):
         leap = Leap("leap", partial(torch.optim.SGD, lr=0.1), **kw)
         leap.setup(model, inner, 2)
         assert (leap.sgd_lr == 0.3) if shortcut else (leap.sgd_lr is None)
+        assert leap.clears_gradients == shortcut  # declared: the engine hands it the clearing of the gradients
         leap.meta_step([a, b], torch.Generator().manual_seed(7))
         grads.append(flat_grads(leap.params))  # the mean meta-gradient the meta-optimizer stepped with
         if shortcut:  # the last g_i, read through the .grad views in flat_params order, is Leap's vector
@@ -182,15 +185,15 @@ def test_leap_sgd_shortcut_is_off_where_the_segment_is_not_minus_lr_grad():
 
 
 def test_leap_sgd_shortcut_refuses_an_inner_loop_that_replaces_its_gradients():
-    """The shortcut reads g_i from its own vector; an inner loop that released the gradients instead of calling
-    Leap's zero_grad would leave that vector stale, so it stops instead of returning a wrong meta-gradient."""
+    """The shortcut reads g_i from its own vector; a learning process that released the gradients instead of
+    calling Leap's before_backward would leave that vector stale, so it stops instead of returning a wrong
+    meta-gradient."""
     leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
     leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
-    leap.theta0 = flat_params(leap.params)
-    state = leap.begin_task()
-    with pytest.raises(RuntimeError, match="zero_grad"):
-        leap.inner.train(leap.work, toy_task(1), torch.Generator(),  # without leap.inner_options(state)
-                         hook=lambda step, loss, m: leap.observe(state, step, loss, None, None))
+    state = leap.begin_task(flat_params(leap.params))
+    with pytest.raises(RuntimeError, match="before_backward"):
+        leap.inner.train(leap.work, toy_task(1), torch.Generator(),  # no zero_grad: the process releases them
+                         hook=lambda step, loss, m: leap.observe(state, Step(step, loss, None, None, None)))
 
 
 def test_inner_zero_grad_sees_the_loss_and_the_previous_gradient():
@@ -341,7 +344,7 @@ def test_tasks_that_stop_early_give_the_meta_gradient_of_their_length(make):
     for inner in (Inner(partial(torch.optim.SGD, lr=0.3), steps=7, batch_size=8), Stopping(7)):
         learner = make()
         learner.setup(net().double(), inner, 2)
-        assert learner.last_index == (6 if inner.patience is None else None)
+        assert inner.fixed_steps == (7 if inner.patience is None else None)
         learner.meta_step([Task(t.name, t.x_train.double(), t.y_train, t.x_heldout.double(), t.y_heldout) for t in tasks],
                           torch.Generator().manual_seed(3))
         results.append(flat_params(list(learner.model.parameters())))

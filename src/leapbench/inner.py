@@ -3,12 +3,13 @@
 Every method and the evaluation share this loop. Meta-learners observe it through ``hook``, which is
 called after ``backward()`` and before the optimizer step, so the model holds psi^i and its gradient
 grad f(psi^i; B_i) for the batch B_i that produced ``loss`` (the reference code's ``leap.update`` point).
-A meta-learner may also take over clearing the gradients (``zero_grad``, see ``train_step``).
+A meta-learner may also take over clearing the gradients (``zero_grad``, see ``train_step``). ``Inner``
+implements ``protocols.LearningProcess``.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +17,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .errors import ConfigError, LeapError
+from .protocols import StepHook, ZeroGrad
 from .tasks import Task
 
 Forward = Callable[[nn.Module, Tensor], Tensor]
-
-
-class StepHook(Protocol):
-    def __call__(self, step: int, loss: float, model: nn.Module) -> None: ...
-
-
-ZeroGrad = Callable[[int, float], None]  # zero_grad(step, loss): clears the gradients before this step's backward
 
 
 class DivergenceError(LeapError):

@@ -1,6 +1,8 @@
 """Networks: the Conv4 body with a linear head used for Omniglot and Multi-CV."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +14,10 @@ class ConvNet(nn.Module):
 
     ``body`` maps images to features, ``head`` maps features to logits. Methods that need several heads
     (multi-headed fine-tuning, Multi-CV) keep extra heads of their own and call ``body`` directly.
+    ``named_heads`` declares whether the model carries one named head per task (``select(name)``).
     """
+
+    named_heads: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -59,6 +64,8 @@ class MultiHeadConvNet(ConvNet):
     the task it trains (``Task.head``), so a head only ever sees its own task. A task never trained on (the
     held-out dataset) keeps its head at the random initialization: a fresh head.
     """
+
+    named_heads: ClassVar[bool] = True
 
     def __init__(self, heads: dict[str, int], in_channels: int = 3, filters: int = 64, layers: int = 4,
                  image_size: int = 32, channels_last: bool = True) -> None:

@@ -379,7 +379,7 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) ->
         start_run_dir(cfg, resuming=resume is not None)
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
-        model = build(cfg.model, **getattr(data, "model_kwargs", {})).to(device)  # e.g. Multi-CV's heads
+        model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
         learner.setup(model, inner, len(data.pretrain))
 
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -232,6 +232,11 @@ class Omniglot:
         self.val = [task(a, -1) for a in val]
         self.test = [task(a, -1) for a in test]
 
+    @property
+    def model_kwargs(self) -> dict:
+        """Nothing: every alphabet shares the model's one 20-way head (``protocols.Benchmark``)."""
+        return {}
+
 
 def _pick_pretrain(pool: list[str], num_pretrain: int) -> list[str]:
     if not 0 <= num_pretrain <= len(pool):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..inner import Inner, train_step
+from ..models import ConvNet
 from ..tasks import Task
 from .base import MetaLearner
 
@@ -32,9 +33,12 @@ class Finetune(MetaLearner):
         self.multi_head = multi_head
         self.requires = frozenset({"labels"} | (set() if multi_head else {"shared_head"}))
 
-    def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
+    model: ConvNet
+    inner: Inner  # a supervised learning process: fine-tuning requires "labels"
+
+    def setup(self, model: ConvNet, inner: Inner, num_tasks: int) -> None:  # type: ignore[override]
         super().setup(model, inner, num_tasks)
-        self.named_heads = hasattr(model, "heads")  # a single head (multi_head=false) needs none: runner.validate
+        self.named_heads = model.named_heads  # a single head (multi_head=false) needs none: runner.validate
         self.heads = nn.ModuleList()
         if self.multi_head and not self.named_heads:
             self.heads = nn.ModuleList(_fresh(model.head) for _ in range(num_tasks))

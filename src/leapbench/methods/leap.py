@@ -13,26 +13,27 @@ Defaults follow the authors' code: norm, loss and stabilizer on; the K - 1 segme
 steps (the last update is never observed); summed over steps, averaged over tasks, no factor 2. The paper's
 text (energy, factor 2) is ``method=leap_paper``. Only the previous point is kept: no trajectory is stored.
 
-Under a plain SGD inner loop (``Inner.sgd_lr``) the segment is known without looking at the parameters:
-psi^i - psi^{i-1} = -lr * g_{i-1}, so the increment is (lr - df) * g_{i-1} / sqrt(lr^2 ||g_{i-1}||^2 + df^2).
-Leap then keeps the work model's gradients in one flat vector (every ``.grad`` a view of it, like the buckets
-of DistributedDataParallel) and clears it itself (``zero_grad``): after the forward pass of step i, f_i is
-known and the vector still holds g_{i-1}, so one dot product (||g_{i-1}||) and one axpy close the segment
-before the vector is zeroed. Three passes over one vector per step and no copies (``shortcut``; tested equal
-to the general path). A zero gradient is a zero SGD update, so parameters without a gradient (another
-task's head) still do not move.
+Under a plain SGD learning process (``sgd_lr``, ``protocols.LearningProcess``) the segment is known without
+looking at the parameters: psi^i - psi^{i-1} = -lr * g_{i-1}, so the increment is
+(lr - df) * g_{i-1} / sqrt(lr^2 ||g_{i-1}||^2 + df^2). Leap then keeps the work model's gradients in one flat
+vector (every ``.grad`` a view of it, like the buckets of DistributedDataParallel) and declares that it clears
+them itself (``clears_gradients``): in ``before_backward`` of step i, f_i is known and the vector still holds
+g_{i-1}, so one dot product (||g_{i-1}||) and one axpy close the segment before the vector is zeroed. Three
+passes over one vector per step and no copies (``shortcut``; tested equal to the general path). A zero
+gradient is a zero SGD update, so parameters without a gradient (another task's head) still do not move.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..inner import Inner
-from .base import Flat, InitializationLearner, flat_params, grad_views
+from ..protocols import Flat, LearningProcess, Step
+from .base import InitializationLearner
+from .flat import flat_params, grad_views
 
 
 def increment(
@@ -73,30 +74,24 @@ class Leap(InitializationLearner):
         super().__init__(name, meta_optimizer, scope, batched)
         self.norm, self.loss, self.stabilizer = norm, loss, stabilizer
 
-    def setup(self, model: nn.Module, inner: Inner, num_tasks: int) -> None:
+    def setup(self, model: nn.Module, inner: LearningProcess, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
         # Batched training hands observe() rows of stacked parameters, not the work model's tensors; with a
         # scope, the parameters outside it would need their gradients cleared separately.
         whole = len(self.work_params) == len(list(self.work.parameters()))
-        self.sgd_lr = getattr(inner, "sgd_lr", None) if self.shortcut and whole and not self.batched else None
-        if self.sgd_lr is not None:
+        self.sgd_lr = inner.sgd_lr if self.shortcut and whole and not self.batched else None
+        self.clears_gradients = self.sgd_lr is not None
+        if self.clears_gradients:
             self.grads = torch.zeros_like(flat_params(self.work_params))  # g_i, in the order of flat_params
             self.grad_views = grad_views(self.work_params, self.grads)
 
-    def begin_task(self) -> dict:
-        if self.sgd_lr is not None:
+    def begin_task(self, theta0: Tensor) -> Any:
+        if self.clears_gradients:
             for p, view in zip(self.work_params, self.grad_views):
                 p.grad = view
-            return {"prev": None, "acc": torch.zeros_like(self.theta0)}
-        # Two (psi, grad) buffer pairs used in turn and one scratch vector: no allocation per inner step.
-        buffers = [torch.empty_like(self.theta0) for _ in range(5)]
-        return {"prev": None, "acc": torch.zeros_like(self.theta0), "spare": buffers[:2], "other": buffers[2:4],
-                "scratch": buffers[4]}
+        return {"prev": None, "acc": torch.zeros_like(theta0), "scratch": torch.empty_like(theta0)}
 
-    def inner_options(self, state: dict) -> dict:
-        return {"zero_grad": lambda step, loss: self._close_segment(state, loss)} if self.sgd_lr is not None else {}
-
-    def _close_segment(self, state: dict, loss: float) -> None:
+    def before_backward(self, state: Any, loss: float) -> None:
         """The shortcut at step i, after the forward pass: ``self.grads`` still holds g_{i-1}; add the increment of
         the segment (psi^{i-1}, psi^i) from it and f_i, then zero it for this step's backward. The three passes
         (dot, axpy, zero) run back to back while the vector is in cache."""
@@ -110,21 +105,19 @@ class Leap(InitializationLearner):
             state["acc"].add_(self.grads, alpha=(lr - df) / length if length > 0 else lr - df)
         self.grads.zero_()
 
-    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
-        if self.sgd_lr is not None:
+    def observe(self, state: Any, step: Step) -> None:
+        if self.clears_gradients:
             if self.work_params[0].grad is not self.grad_views[0]:
-                raise RuntimeError("Leap's SGD shortcut keeps the gradients in its own buffer, but the inner loop "
-                                   "replaced them: it must clear them through Leap's zero_grad (Inner.train).")
-            state["prev"] = loss  # the next step closes the segment from here
+                raise RuntimeError("Leap's SGD shortcut keeps the gradients in its own buffer, but the learning "
+                                   "process replaced them: it must clear them through before_backward.")
+            state["prev"] = step.loss  # the next step closes the segment from here
             return
-        spare = state["spare"]
-        curr, grad = params(out=spare[0]), grads(out=spare[1])
+        curr, grad = step.params(), step.grads()
         if state["prev"] is not None:
             prev, prev_loss, prev_grad = state["prev"]
-            increment(prev, curr, prev_loss, loss, prev_grad, self.norm, self.loss, self.stabilizer,
+            increment(prev, curr, prev_loss, step.loss, prev_grad, self.norm, self.loss, self.stabilizer,
                       into=state["acc"], scratch=state["scratch"])
-        state["prev"] = (curr, loss, grad)
-        state["spare"], state["other"] = state["other"], spare  # the old psi^{i-1} buffers are free again
+        state["prev"] = (curr, step.loss, grad)
 
-    def end_task(self, state: dict, params: Flat) -> Tensor:
+    def end_task(self, state: Any, final: Flat) -> Tensor:
         return state["acc"]

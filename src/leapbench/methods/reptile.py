@@ -2,16 +2,17 @@
 
 As in the authors' code, psi is the point before the last update (psi^{K-1}); ``last_step=True`` uses the
 final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01. When tasks stop
-early (``inner.patience``) K is known only at the end, so psi is kept at every step (one buffer, overwritten).
+early (``inner.patience``) K is known only at the end, so psi is kept at every step that may be the last.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import Flat, InitializationLearner
+from ..protocols import Flat, Step
+from .base import InitializationLearner
 
 
 class Reptile(InitializationLearner):
@@ -20,9 +21,9 @@ class Reptile(InitializationLearner):
         super().__init__(name, meta_optimizer, scope, batched)
         self.last_step = last_step
 
-    def observe(self, state: dict, step: int, loss: float, params: Flat, grads: Flat) -> None:
-        if not self.last_step and self.may_be_last(step):  # psi^{K-1}: the point of the last observed step
-            state["final"] = params(out=state.get("final"))
+    def observe(self, state: Any, step: Step) -> None:
+        if not self.last_step and step.may_be_last:  # psi^{K-1}: the point of the last observed step
+            state["final"] = step.params()
 
-    def end_task(self, state: dict, params: Flat) -> Tensor:
-        return self.theta0 - (params() if self.last_step else state["final"])
+    def end_task(self, state: Any, final: Flat) -> Tensor:
+        return state["theta0"] - (final() if self.last_step else state["final"])

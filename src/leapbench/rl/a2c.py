@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError
-from ..inner import DivergenceError, StepHook, optimizer_lr
+from ..inner import DivergenceError, optimizer_lr
+from ..protocols import StepHook, ZeroGrad
 from .atari import ENV_SETTINGS, check_game, make_env, to_tensor
 
 FRAMESKIP = int(ENV_SETTINGS["frameskip"])
@@ -128,8 +129,11 @@ class A2C:
     score, frames as in the module docstring) and ``frames`` the number of frames played.
     """
 
-    cpu_only = True  # observations, returns and the model meet on the CPU (the runner refuses device=cuda)
-    provides = frozenset({"fixed_length"})  # no labelled batches, no plain SGD (runner.NEEDS)
+    # Declarations (protocols.LearningProcess): observations, returns and the model meet on the CPU (the runner
+    # refuses device=cuda); every task takes ``updates`` updates; no labelled batches; RMSprop, not plain SGD.
+    cpu_only = True
+    provides = frozenset({"fixed_length"})
+    sgd_lr = None
 
     def __init__(
         self,
@@ -164,13 +168,8 @@ class A2C:
         self.frames = 0
 
     @property
-    def steps(self) -> int:
-        """Updates per task (the name ``Inner`` uses, read by Reptile and FOMAML)."""
-        return self.updates
-
-    @property
     def fixed_steps(self) -> int:
-        """Every task takes ``updates`` updates (declared as ``Inner.fixed_steps`` is)."""
+        """Every task takes ``updates`` updates."""
         return self.updates
 
     def steps_for(self, task: Game) -> int:
@@ -190,6 +189,7 @@ class A2C:
         steps: int | None = None,
         hook: StepHook | None = None,
         after_step: Callable[[int], bool] | None = None,
+        zero_grad: ZeroGrad | None = None,
     ) -> list[float]:
         """Train ``model`` in place on ``task``; return each update's loss (the value ``hook`` receives).
 
@@ -221,7 +221,10 @@ class A2C:
                         f"Non-finite loss ({value}) on game {task.name!r} at update {i}. Lower the learning rates "
                         "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
                     )
-                opt.zero_grad(set_to_none=True)
+                if zero_grad is None:
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    zero_grad(i, value)
                 loss.backward()
                 losses.append(value)
                 if hook is not None:
