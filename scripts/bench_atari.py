@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from leapbench.logging import write_json
-from leapbench.runner import bench_commit
+from leapbench.provenance import bench_commit
 from leapbench.rl.a2c import A2C, ActorCritic, Game
 from leapbench.rl.atari import action_counts, make_env
 

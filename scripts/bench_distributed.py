@@ -32,7 +32,7 @@ from bench_leap import model, omniglot_task
 from leapbench import distributed
 from leapbench.inner import Inner
 from leapbench.logging import write_json
-from leapbench.runner import bench_commit
+from leapbench.provenance import bench_commit
 from leapbench.methods.leap import Leap
 
 

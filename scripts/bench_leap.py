@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from leapbench.inner import Inner
 from leapbench.logging import write_json
-from leapbench.runner import bench_commit
+from leapbench.provenance import bench_commit
 from leapbench.methods.flat import flat_grads, flat_params, grad_views
 from leapbench.methods.leap import Leap
 from leapbench.models import ConvNet

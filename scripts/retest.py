@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable
 from leapbench.errors import LeapError  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
 from leapbench.results import format_interval  # noqa: E402
-from leapbench.runner import build, eval_seeds, provenance, upgrade  # noqa: E402
+from leapbench.provenance import commit  # noqa: E402
+from leapbench.rundir import upgrade  # noqa: E402
+from leapbench.runner import build, eval_seeds  # noqa: E402
 
 
 def retest(run_dir: Path, overrides: list[str]) -> dict:
@@ -41,7 +43,7 @@ def retest(run_dir: Path, overrides: list[str]) -> dict:
             "recorded_auc": round(summary["test"]["auc"], 2), "recorded_steps": summary["mean_adapt_steps"],
             "error": round(res["error"], 2), "oracle_error": round(res["oracle_error"], 2), "auc": round(res["auc"], 2),
             "steps": sum(t["steps"] for t in res["tasks"]) / len(res["tasks"]), "overrides": " ".join(overrides),
-            "run_commit": summary["commit"], "commit": provenance(None, ("src", "conf", "scripts"))["commit"]}
+            "run_commit": summary["commit"], "commit": commit(("src", "conf", "scripts"))}
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from leapbench.errors import ConfigError, WriteError
 from leapbench.inner import DivergenceError, Inner
 from leapbench.methods.flat import flat_params
 from leapbench.methods.leap import Leap
-from leapbench.runner import LOCK, run
+from leapbench.rundir import LOCK
+from leapbench.runner import run
 from test_methods import net, toy_task
 from test_resume import train_steps
 

@@ -144,11 +144,11 @@ def test_runs_recorded_by_earlier_versions_keep_their_identity(folder):
     from omegaconf import OmegaConf
 
     from conftest import ROOT
-    from leapbench.runner import _result_config
+    from leapbench.rundir import result_config
 
     run_dir = ROOT / "results" / folder
     summary = json.loads((run_dir / "summary.json").read_text())
     new = make_cfg(  # the sweep file sets the scale and the launcher (whose keys do not change results)
         *[w for w in summary["command"].split()[2:] if not w.startswith("+sweep")], "scale=small",
                    *(["experiment=multicv"] if folder.startswith("multicv") else []))
-    assert _result_config(OmegaConf.load(run_dir / "config.yaml")) == _result_config(new)
+    assert result_config(OmegaConf.load(run_dir / "config.yaml")) == result_config(new)

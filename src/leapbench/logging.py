@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from tqdm import tqdm
+
 from .errors import write_error
 
 
@@ -184,3 +186,29 @@ class NullLogger:
     def summary(self, summary: dict) -> None: ...
 
     def close(self, exit_code: int = 0) -> None: ...
+
+
+class TestProgress:
+    """The monitor of a long test adaptation (Atari: frames per game): a progress bar with ETA per task, and each
+    report streamed to the logger (and W&B) as a ``test_progress/<task>`` row while the test runs."""
+
+    def __init__(self, logger, step: int, show: bool) -> None:
+        self.logger, self.step, self.show, self.bars = logger, step, show, {}
+
+    def __call__(self, task: str, done: int, total: int, score: float | None) -> None:
+        if task not in self.bars:
+            self.bars[task] = tqdm(total=total, desc=f"test {task}", unit="frame", unit_scale=True,
+                                   disable=not self.show, dynamic_ncols=True)
+        bar = self.bars[task]
+        bar.update(done - bar.n)
+        if score is not None:
+            bar.set_postfix(avg_return=f"{score:.1f}")
+            self.logger.log({"meta_step": self.step, "split": f"test_progress/{task}", "frames": done, "return": score})
+            self.logger.commit()
+
+    def __enter__(self) -> TestProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
