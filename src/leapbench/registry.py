@@ -10,7 +10,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+_HERE = Path(__file__).resolve().parent
+# The config tree: the checkout's top-level conf/ when the package runs from a checkout (editable install), else
+# the copy the wheel carries (leapbench/conf, see pyproject.toml).
+CONF = _HERE.parents[1] / "conf" if _HERE.parents[1] / "src" / "leapbench" == _HERE else _HERE / "conf"
 # Matplotlib's tab10 order, for a method whose config gives no colour.
 FALLBACK_COLORS = ("tab:gray", "tab:pink", "tab:cyan", "tab:olive", "tab:brown", "tab:purple")
 

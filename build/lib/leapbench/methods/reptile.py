@@ -1,0 +1,29 @@
+"""Reptile (Nichol et al., 2018): the meta-gradient is theta^0 - psi, averaged over tasks.
+
+As in the authors' code, psi is the point before the last update (psi^{K-1}); ``last_step=True`` uses the
+final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01. When tasks stop
+early (``inner.patience``) K is known only at the end, so psi is kept at every step that may be the last.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..protocols import Flat, Step
+from .base import InitializationLearner
+
+
+class Reptile(InitializationLearner):
+    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False,
+                 scope: str | None = None, batched: bool = False) -> None:
+        super().__init__(name, meta_optimizer, scope, batched)
+        self.last_step = last_step
+
+    def observe(self, state: Any, step: Step) -> None:
+        if not self.last_step and step.may_be_last:  # psi^{K-1}: the point of the last observed step
+            state["final"] = step.params()
+
+    def end_task(self, state: Any, final: Flat) -> Tensor:
+        return state["theta0"] - (final() if self.last_step else state["final"])

@@ -1,0 +1,1 @@
+"""Reinforcement learning on Atari: the ALE environments and the A2C task learning process."""

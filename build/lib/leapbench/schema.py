@@ -1,0 +1,387 @@
+"""The config's schema: the type of every key, checked before a run touches anything.
+
+Values live in the YAML files under ``conf/``; these dataclasses say what each key may hold. A node with a
+``_target_`` is checked against the schema of that target (``TARGETS``), so a new method or benchmark brings
+its own; a target this module does not know is left to its constructor. :func:`check_types` walks the
+composed config and raises one :class:`ConfigError` for the first key whose value does not fit: it names the
+key, the value and what is allowed, and for a misspelt key the closest names. Booleans take only ``true`` or
+``false``, closed sets are ``Literal`` choices, integers refuse fractions and strings. Ranges and rules across
+keys are checked where the objects are built (``runner.validate``), still before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .data.multicv import DATASETS
+from .data.omniglot import AUGMENTATIONS, RESAMPLING
+from .errors import ConfigError
+from .evaluation import MODES, STOP_ON
+
+
+
+class Node:
+    """A group checked against the schema of its ``_target_`` (``TARGETS``); an unknown target is not checked."""
+
+
+@dataclass
+class Optimizer:
+    """A ``torch.optim`` class with ``_partial_: true`` (the model's parameters come later); its other keys are
+    the class's own arguments (checked against its signature, not typed here)."""
+    _target_: str
+    _partial_: bool
+    lr: float
+
+
+@dataclass
+class Paths:
+    data: str
+    runs: str
+    cache: str
+
+
+@dataclass
+class Scale:
+    name: str
+
+
+@dataclass
+class Logger:
+    _target_: str
+    _partial_: bool
+    wandb: bool
+    mode: Literal["offline", "online", "disabled", "shared", "dryrun", "run"]
+    project: str
+    entity: Optional[str]
+    group: Optional[str]
+    job_type: Optional[str]
+    tags: Optional[list[str]]
+
+
+@dataclass
+class Train:
+    meta_steps: int
+    meta_batch_size: int
+    val_every: Optional[int]
+    val_metric: Literal["error", "auc"]
+    early_stopping: bool
+    patience: Optional[int]
+    ckpt_every: Optional[int]
+    on_divergence: Literal["stop", "skip"]
+    test_at: list[int]
+
+
+@dataclass
+class Run:
+    """The top level, for every experiment."""
+    experiment_name: Literal["omniglot", "multicv", "atari"]
+    cell: str
+    heldout: Optional[Literal[DATASETS]]  # Multi-CV's held-out dataset
+    seed: int
+    tag: str
+    overwrite: bool
+    threads: Optional[int]
+    device: str  # cpu, cuda or cuda:N (runner.check_device)
+    progress: bool
+    paths: Paths
+    run_name: str
+    run_dir: str
+    scale: Scale
+    logger: Logger
+    train: Train
+    data: Node
+    model: Node
+    inner: Node
+    method: Node
+    val: Node
+    eval: Node
+
+
+# Benchmarks (data), models, learning processes and evaluations.
+
+@dataclass
+class Omniglot:
+    _target_: str
+    root: str
+    num_pretrain: int
+    split_seed: int
+    legacy_split: bool
+    num_test: int
+    num_val: int
+    num_classes: int
+    num_heldout: int
+    image_size: int
+    augment: Literal[AUGMENTATIONS]
+    resample: Literal[RESAMPLING]
+    download: bool
+    cache_dir: Optional[str]
+
+
+@dataclass
+class MultiCV:
+    _target_: str
+    root: str
+    heldout: Literal[DATASETS]
+    datasets: list[Literal[DATASETS]]
+    val_fraction: float
+    max_train: Optional[int]
+    max_test: Optional[int]
+    split_seed: int
+    download: bool
+
+
+@dataclass
+class AtariGames:
+    _target_: str
+    pool: list[str]  # ale-py ROM ids, checked against ale-py when the games are built
+    heldout: list[str]
+    pretrain: Optional[list[str]]
+    test: list[str]
+
+
+@dataclass
+class ConvNet:
+    _target_: str
+    in_channels: int
+    num_classes: int
+    filters: int
+    layers: int
+    image_size: int
+    channels_last: bool
+
+
+@dataclass
+class MultiHeadConvNet:
+    _target_: str
+    in_channels: int
+    filters: int
+    layers: int
+    image_size: int
+    channels_last: bool
+
+
+@dataclass
+class ActorCritic:
+    _target_: str
+    in_channels: int
+    channels_last: bool
+
+
+@dataclass
+class Inner:
+    _target_: str
+    optimizer: Optimizer
+    steps: int
+    batch_size: int
+    epochs: bool
+    patience: Optional[int]
+    check_every: int
+
+
+@dataclass
+class A2C:
+    _target_: str
+    optimizer: Optimizer
+    updates: int
+    num_envs: int
+    unroll: int
+    gamma: float
+    entropy_cost: float
+    value_cost: float
+    reward_clip: float
+    max_grad_norm: Optional[float]
+    env_threads: int
+    episode_frames: int
+
+
+@dataclass
+class Adaptation:
+    _target_: str
+    mode: Literal[MODES]
+    steps: int
+    max_steps: int
+    eval_every: int
+    patience: int
+    epochs: bool
+    auc_all: bool
+    stop_on: Literal[STOP_ON]
+    val_per_class: int
+
+
+@dataclass
+class Training:
+    _target_: str
+    frames: int
+    window: int
+    points: int
+
+
+# Methods: every one has a name, and a label and colour for tables and figures (not passed to its class).
+
+@dataclass
+class Method:
+    _target_: str
+    name: str
+    label: str
+    color: str
+
+
+@dataclass
+class Leap(Method):
+    norm: bool
+    loss: bool
+    stabilizer: bool
+    scope: Optional[str]
+    batched: bool
+    meta_optimizer: Optimizer
+
+
+@dataclass
+class Reptile(Method):
+    last_step: bool
+    scope: Optional[str]
+    batched: bool
+    meta_optimizer: Optimizer
+
+
+@dataclass
+class FOMAML(Method):
+    scope: Optional[str]
+    batched: bool
+    meta_optimizer: Optimizer
+
+
+@dataclass
+class Finetune(Method):
+    multi_head: bool
+
+
+@dataclass
+class Scratch(Method):
+    pass
+
+
+TARGETS: dict[str, type] = {
+    "leapbench.data.omniglot.Omniglot": Omniglot,
+    "leapbench.data.multicv.MultiCV": MultiCV,
+    "leapbench.data.atari.AtariGames": AtariGames,
+    "leapbench.models.ConvNet": ConvNet,
+    "leapbench.models.MultiHeadConvNet": MultiHeadConvNet,
+    "leapbench.rl.a2c.ActorCritic": ActorCritic,
+    "leapbench.inner.Inner": Inner,
+    "leapbench.rl.a2c.A2C": A2C,
+    "leapbench.evaluation.Adaptation": Adaptation,
+    "leapbench.rl.a2c.Training": Training,
+    "leapbench.methods.leap.Leap": Leap,
+    "leapbench.methods.reptile.Reptile": Reptile,
+    "leapbench.methods.fomaml.FOMAML": FOMAML,
+    "leapbench.methods.finetune.Finetune": Finetune,
+    "leapbench.methods.scratch.Scratch": Scratch,
+}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Raise a ConfigError for the first key of ``cfg`` (the composed run config) that the schema refuses."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}") from None
+    _check_node(container, Run, "")
+
+
+def keys_at(container: dict, path: str) -> list[str]:
+    """The keys the schema allows under the dotted ``path`` ("" for the top level) of a composed config,
+    including those its YAML leaves out."""
+    node, schema = container, Run
+    for part in path.split(".") if path else []:
+        kind = _fields(node, schema).get(part)
+        node = node.get(part) if isinstance(node, dict) else None
+        if typing.get_origin(kind) is Union:  # Optional[X]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is Node:
+            kind = TARGETS.get(node.get("_target_")) if isinstance(node, dict) else None
+        schema = kind
+    return list(_fields(node, schema))
+
+
+def _fields(node: Any, schema: Any) -> dict[str, Any]:
+    """The keys ``schema`` allows in ``node`` and their types; an optimizer's are its class's arguments."""
+    if not dataclasses.is_dataclass(schema):
+        return {}
+    fields = typing.get_type_hints(schema)
+    if schema is Optimizer:
+        try:
+            params = inspect.signature(get_class(node["_target_"])).parameters
+        except Exception:  # not importable: building it will say so
+            params = {}
+        fields = {name: Any for name in params if name != "params"} | fields  # lr stays a number
+    return fields
+
+
+def _check_node(node: Any, schema: type, path: str) -> None:
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}={_show(node)} must be a group of keys ({schema.__name__}).")
+    fields = _fields(node, schema)
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(f'{path}.{c}' if path else c for c in close)}?" if close else \
+                f"{path or 'the top level'} has {', '.join(sorted(fields))}."
+            raise ConfigError(f"{where}: no such key; {hint}")
+        _check_value(value, fields[key], where)
+
+
+def _check_value(value: Any, kind: Any, where: str) -> None:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return
+    if kind is Node:
+        if not isinstance(value, dict) or value.get("_target_") not in TARGETS:
+            return  # a target this suite does not know: its constructor checks its arguments
+        return _check_node(value, TARGETS[value["_target_"]], where)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return
+        return _check_value(value, next(a for a in args if a is not type(None)), where)
+    if value is None:
+        raise ConfigError(f"{where}=null is not allowed; give {_describe(kind)}.")
+    if dataclasses.is_dataclass(kind):
+        return _check_node(value, kind, where)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where}={_show(value)} is not allowed; choose one of {', '.join(map(str, args))}{hint}.")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}={_show(value)} must be a list ({_describe(args[0])} each), e.g. {where}=[...].")
+        for i, item in enumerate(value):
+            _check_value(item, args[0], f"{where}[{i}]")
+        return
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)}[kind]  # tag=2 is a name
+    if not ok(value):
+        raise ConfigError(f"{where}={_show(value)} must be {_describe(kind)}.")
+
+
+def _describe(kind: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
