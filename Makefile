@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath data)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
+.PHONY: help install lint format test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -21,7 +21,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its test extras
 
-test: $(STAMP) ## Set up, then run the whole test suite (what CI runs)
+lint: $(STAMP) ## ruff (lint and format check) on the code, mypy on src/ (CI runs it before the tests)
+	$(BIN)/ruff check src scripts tests run.py
+	$(BIN)/ruff format --check src scripts tests run.py
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src scripts tests run.py
+	$(BIN)/ruff format src scripts tests run.py
+
+test: $(STAMP) ## Set up, then run the whole test suite (what CI runs, after lint)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) ## Set up, then run the tests not marked slow

@@ -10,6 +10,7 @@ Both rates are steady state: env construction and the seeded reset (reported sep
 are left out, and the A2C rate is timed from the end of its first update. Frames are emulator frames
 summed over envs (4 per env step). Prints the figures and writes ``--out`` (JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,22 @@ def emulator_rate(game: str, num_envs: int, threads: int, seconds: float) -> dic
         elapsed = time.perf_counter() - t0
     finally:
         env.close()
-    return {"frames_per_s": steps * num_envs * FRAMESKIP / elapsed, "frames": steps * num_envs * FRAMESKIP,
-            "seconds": elapsed, "startup_s": startup}
+    return {
+        "frames_per_s": steps * num_envs * FRAMESKIP / elapsed,
+        "frames": steps * num_envs * FRAMESKIP,
+        "seconds": elapsed,
+        "startup_s": startup,
+    }
 
 
 def a2c_rate(game: str, num_envs: int, threads: int, seconds: float) -> dict:
     """Frames/s of the A2C learning loop (acting, learning and env) after its first update."""
-    a2c = A2C(partial(torch.optim.RMSprop, lr=1e-4, eps=1e-4, alpha=0.99), updates=10**9, num_envs=num_envs,
-              env_threads=threads)
+    a2c = A2C(
+        partial(torch.optim.RMSprop, lr=1e-4, eps=1e-4, alpha=0.99),
+        updates=10**9,
+        num_envs=num_envs,
+        env_threads=threads,
+    )
     model = ActorCritic({game: action_counts()[game]})
     marks: list[tuple[float, int]] = []
 
@@ -65,8 +74,13 @@ def a2c_rate(game: str, num_envs: int, threads: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     a2c.train(model, Game(game), torch.Generator().manual_seed(0), after_step=after_step)
     (t1, f1), (t2, f2) = marks[0], marks[-1]
-    return {"frames_per_s": (f2 - f1) / (t2 - t1), "frames": f2 - f1, "seconds": t2 - t1, "updates": len(marks) - 1,
-            "startup_and_first_update_s": t1 - t0}
+    return {
+        "frames_per_s": (f2 - f1) / (t2 - t1),
+        "frames": f2 - f1,
+        "seconds": t2 - t1,
+        "updates": len(marks) - 1,
+        "startup_and_first_update_s": t1 - t0,
+    }
 
 
 def main() -> None:
@@ -83,15 +97,27 @@ def main() -> None:
     emu = emulator_rate(args.game, args.envs, args.threads, args.seconds)
     loop = a2c_rate(args.game, args.envs, args.threads, args.seconds)
     res = {
-        "command": "python " + " ".join(sys.argv), "commit": bench_commit(),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "env_threads": args.threads,
-        "game": args.game, "num_envs": args.envs,
-        "emulator": emu, "a2c": loop, "a2c_over_emulator": loop["frames_per_s"] / emu["frames_per_s"],
+        "command": "python " + " ".join(sys.argv),
+        "commit": bench_commit(),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "env_threads": args.threads,
+        "game": args.game,
+        "num_envs": args.envs,
+        "emulator": emu,
+        "a2c": loop,
+        "a2c_over_emulator": loop["frames_per_s"] / emu["frames_per_s"],
     }
-    print(f"{args.game}, {args.envs} envs, {args.threads} env threads, {res['torch_threads']} torch threads "
-          f"(load average before {load_before[0]:.2f})")
+    print(
+        f"{args.game}, {args.envs} envs, {args.threads} env threads, {res['torch_threads']} torch threads "
+        f"(load average before {load_before[0]:.2f})"
+    )
     print(f"  emulator, random actions  {emu['frames_per_s']:8.0f} frames/s  (startup {emu['startup_s']:.1f} s)")
     print(f"  A2C loop                  {loop['frames_per_s']:8.0f} frames/s  ({loop['updates']} updates)")
     print(f"  A2C / emulator            {res['a2c_over_emulator']:8.1%}")

@@ -14,6 +14,7 @@ each figure is total task-steps over total time across its rounds.
 Model and tasks as in ``bench_leap.py`` (Conv4, 64 filters, batch 20, random Omniglot-shaped images).
 Prints a table and writes ``--out`` (JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
 from bench_leap import model, omniglot_task
+
 from leapbench import distributed
 from leapbench.inner import Inner
 from leapbench.logging import write_json
-from leapbench.provenance import bench_commit
 from leapbench.methods.leap import Leap
+from leapbench.provenance import bench_commit
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -53,17 +54,38 @@ def worker(args: argparse.Namespace) -> None:
         leap.meta_step(tasks, g)
     elapsed = time.perf_counter() - t
     if distributed.is_main():
-        print(json.dumps({"task_steps_per_s": args.meta_steps * args.tasks * args.steps / elapsed,
-                          "seconds": elapsed, "ranks": distributed.world(), "threads": torch.get_num_threads(),
-                          "late": late}))
+        print(
+            json.dumps(
+                {
+                    "task_steps_per_s": args.meta_steps * args.tasks * args.steps / elapsed,
+                    "seconds": elapsed,
+                    "ranks": distributed.world(),
+                    "threads": torch.get_num_threads(),
+                    "late": late,
+                }
+            )
+        )
 
 
 def launch(ranks: int, threads: int, args: argparse.Namespace) -> dict:
     here = Path(__file__).resolve()
-    common = [str(here), "--worker", "--threads", str(threads), "--tasks", str(args.tasks), "--steps",
-              str(args.steps), "--meta-steps", str(args.meta_steps)]
-    cmd = [sys.executable, *common] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *common]
+    common = [
+        str(here),
+        "--worker",
+        "--threads",
+        str(threads),
+        "--tasks",
+        str(args.tasks),
+        "--steps",
+        str(args.steps),
+        "--meta-steps",
+        str(args.meta_steps),
+    ]
+    cmd = (
+        [sys.executable, *common]
+        if ranks == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *common]
+    )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,9 +94,21 @@ def launch(ranks: int, threads: int, args: argparse.Namespace) -> dict:
 def launch_independent(n: int, args: argparse.Namespace) -> dict:
     """``n`` single-thread processes with ``tasks / n`` tasks each, timed from a common start; pooled."""
     start = time.time() + 20 + 2 * n  # after every process has imported torch and warmed up
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", "1", "--tasks",
-           str(args.tasks // n), "--steps", str(args.steps), "--meta-steps", str(args.meta_steps),
-           "--start-at", str(start)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--threads",
+        "1",
+        "--tasks",
+        str(args.tasks // n),
+        "--steps",
+        str(args.steps),
+        "--meta-steps",
+        str(args.meta_steps),
+        "--start-at",
+        str(start),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -87,9 +121,14 @@ def launch_independent(n: int, args: argparse.Namespace) -> dict:
 def measure(ranks: int, threads: int, args: argparse.Namespace, runs: list[dict]) -> dict:
     """Pool the rounds of one configuration: total task-steps over total seconds."""
     seconds = sum(r["seconds"] for r in runs)
-    return {"ranks": ranks, "threads": threads, "rounds": len(runs), "seconds": seconds,
-            "task_steps_per_s": len(runs) * args.meta_steps * args.tasks * args.steps / seconds,
-            "per_round": [r["task_steps_per_s"] for r in runs]}
+    return {
+        "ranks": ranks,
+        "threads": threads,
+        "rounds": len(runs),
+        "seconds": seconds,
+        "task_steps_per_s": len(runs) * args.meta_steps * args.tasks * args.steps / seconds,
+        "per_round": [r["task_steps_per_s"] for r in runs],
+    }
 
 
 def main() -> None:
@@ -117,14 +156,25 @@ def main() -> None:
             runs[(ranks, threads)].append(run)
     one, best = measure(1, 1, args, runs[(1, 1)]), measure(1, cores, args, runs[(1, cores)])
     single = max(one["task_steps_per_s"], best["task_steps_per_s"])
-    res = {"command": "python " + " ".join(sys.argv), "commit": bench_commit(), "machine": platform.processor() or platform.machine(),
-           "cores": cores, "torch": torch.__version__, "tasks": args.tasks, "steps": args.steps,
-           "meta_steps": args.meta_steps, "rounds": args.rounds, "one_process_1_thread": one,
-           f"one_process_{cores}_threads": best,
-           # With perfect scaling, N single-thread ranks reach N x (1 thread); this is that over the best single.
-           "ideal_scaling_vs_best_single": {n: n * one["task_steps_per_s"] / single for n in args.ranks}}
-    print(f"Leap meta-training, {args.tasks} tasks x {args.steps} steps per meta-step, {args.meta_steps} meta-steps, "
-          f"{args.rounds} interleaved rounds")
+    res = {
+        "command": "python " + " ".join(sys.argv),
+        "commit": bench_commit(),
+        "machine": platform.processor() or platform.machine(),
+        "cores": cores,
+        "torch": torch.__version__,
+        "tasks": args.tasks,
+        "steps": args.steps,
+        "meta_steps": args.meta_steps,
+        "rounds": args.rounds,
+        "one_process_1_thread": one,
+        f"one_process_{cores}_threads": best,
+        # With perfect scaling, N single-thread ranks reach N x (1 thread); this is that over the best single.
+        "ideal_scaling_vs_best_single": {n: n * one["task_steps_per_s"] / single for n in args.ranks},
+    }
+    print(
+        f"Leap meta-training, {args.tasks} tasks x {args.steps} steps per meta-step, {args.meta_steps} meta-steps, "
+        f"{args.rounds} interleaved rounds"
+    )
     print(f"  1 process, 1 thread        {one['task_steps_per_s']:6.1f} task-steps/s")
     print(f"  1 process, {cores} threads{' ' * (7 - len(str(cores)))}{best['task_steps_per_s']:6.1f} task-steps/s")
     for n in args.ranks:
@@ -132,11 +182,15 @@ def main() -> None:
         res[f"{n}_ranks_1_thread"], res[f"{n}_independent_processes_1_thread"] = many, apart
         res[f"scaling_vs_best_single_{n}_ranks"] = many["task_steps_per_s"] / single
         res[f"ceiling_vs_best_single_{n}_processes"] = apart["task_steps_per_s"] / single
-        print(f"  {n} ranks, 1 thread each{' ' * (5 - len(str(n)))}{many['task_steps_per_s']:6.1f} task-steps/s  -> "
-              f"{many['task_steps_per_s'] / single:.2f}x the best single process (perfect scaling: "
-              f"{res['ideal_scaling_vs_best_single'][n]:.2f}x)")
-        print(f"  {n} independent processes{' ' * (4 - len(str(n)))}{apart['task_steps_per_s']:6.1f} task-steps/s  -> "
-              f"{apart['task_steps_per_s'] / single:.2f}x (no communication: the ceiling on this machine)")
+        print(
+            f"  {n} ranks, 1 thread each{' ' * (5 - len(str(n)))}{many['task_steps_per_s']:6.1f} task-steps/s  -> "
+            f"{many['task_steps_per_s'] / single:.2f}x the best single process (perfect scaling: "
+            f"{res['ideal_scaling_vs_best_single'][n]:.2f}x)"
+        )
+        print(
+            f"  {n} independent processes{' ' * (4 - len(str(n)))}{apart['task_steps_per_s']:6.1f} task-steps/s  -> "
+            f"{apart['task_steps_per_s'] / single:.2f}x (no communication: the ceiling on this machine)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, res)
 

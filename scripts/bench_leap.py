@@ -20,6 +20,7 @@ The model is the paper's Conv4 (64 filters, 28x28, 20-way, batch 20, SGD lr 0.1)
 of Omniglot's shape: the cost of a step does not depend on pixel values, so no dataset is needed.
 Prints a table and writes ``--out`` (JSON) with the figures, the machine and the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,12 @@ import torch.nn.functional as F
 
 from leapbench.inner import Inner
 from leapbench.logging import write_json
-from leapbench.provenance import bench_commit
 from leapbench.methods.flat import flat_grads, flat_params, grad_views
 from leapbench.methods.leap import Leap
 from leapbench.models import ConvNet
 from leapbench.protocols import Step
+from leapbench.provenance import bench_commit
 from leapbench.tasks import Task
-
 
 DEVICE = torch.device("cpu")  # set by --device
 
@@ -88,6 +88,7 @@ def overhead(steps: int, reps: int) -> dict:
             t = time.perf_counter()
             fn(*args)
             own[0] += time.perf_counter() - t
+
         return call
 
     orders = list(itertools.permutations(range(3)))
@@ -99,10 +100,17 @@ def overhead(steps: int, reps: int) -> dict:
             p.grad = view
         state = leap.begin_task(theta0)
         hook = timed(lambda i, loss, m: leap.observe(state, Step(i, loss, i == steps - 1, params, grads)))
-        runs = [inner.updates(plain, task, torch.Generator().manual_seed(1)),
-                inner.updates(flat, task, torch.Generator().manual_seed(1), zero_grad=lambda i, f: flat_vector.zero_()),
-                inner.updates(leap.work, task, torch.Generator().manual_seed(1), hook=hook,
-                              zero_grad=timed(lambda i, loss: leap.before_backward(state, loss)))]
+        runs = [
+            inner.updates(plain, task, torch.Generator().manual_seed(1)),
+            inner.updates(flat, task, torch.Generator().manual_seed(1), zero_grad=lambda i, f: flat_vector.zero_()),
+            inner.updates(
+                leap.work,
+                task,
+                torch.Generator().manual_seed(1),
+                hook=hook,
+                zero_grad=timed(lambda i, loss: leap.before_backward(state, loss)),
+            ),
+        ]
         own[0], times = 0.0, [0.0, 0.0, 0.0]
         for i in range(steps):
             for k in orders[i % len(orders)]:
@@ -115,15 +123,22 @@ def overhead(steps: int, reps: int) -> dict:
 
     def versus(k: int) -> dict:
         ratios = [r[2] / r[k] for r in spent]
-        return {"pct": 100 * (total[2] / total[k] - 1), "median_pct": 100 * (statistics.median(ratios) - 1),
-                "standard_error_pct": 100 * statistics.stdev(ratios) / math.sqrt(reps) if reps > 1 else None}
+        return {
+            "pct": 100 * (total[2] / total[k] - 1),
+            "median_pct": 100 * (statistics.median(ratios) - 1),
+            "standard_error_pct": 100 * statistics.stdev(ratios) / math.sqrt(reps) if reps > 1 else None,
+        }
 
     return {
-        "steps_per_rep": steps, "reps": reps,
-        "plain_task_steps_per_s": steps * reps / total[0], "flat_task_steps_per_s": steps * reps / total[1],
+        "steps_per_rep": steps,
+        "reps": reps,
+        "plain_task_steps_per_s": steps * reps / total[0],
+        "flat_task_steps_per_s": steps * reps / total[1],
         "leap_task_steps_per_s": steps * reps / total[2],
-        "leap_vs_plain": versus(0), "leap_vs_flat": versus(1),
-        "own_time_pct": 100 * total[3] / total[2], "own_ms_per_step": 1000 * total[3] / (steps * reps),
+        "leap_vs_plain": versus(0),
+        "leap_vs_flat": versus(1),
+        "own_time_pct": 100 * total[3] / total[2],
+        "own_ms_per_step": 1000 * total[3] / (steps * reps),
     }
 
 
@@ -152,7 +167,7 @@ class ReferenceLeap:
             sq = df * df
             for n in params:
                 sq += (state[n] - p_state[n]).pow(2).sum().item()
-            norm = sq ** 0.5
+            norm = sq**0.5
             for n in params:
                 add = (p_state[n] - state[n]) - df * p_grads[n]
                 self.grads[n] += add / norm
@@ -206,9 +221,13 @@ def against_reference(tasks_per_step: int, steps: int, reps: int) -> dict:
         a.append(time_ours())
     n, ratios = tasks_per_step * steps, [y / x for x, y in zip(a, b)]
     return {
-        "tasks_per_meta_step": tasks_per_step, "steps_per_task": steps, "reps": reps,
-        "ours_task_steps_per_s": n * reps / sum(a), "reference_task_steps_per_s": n * reps / sum(b),
-        "speedup": sum(b) / sum(a), "speedup_median_of_reps": statistics.median(ratios),
+        "tasks_per_meta_step": tasks_per_step,
+        "steps_per_task": steps,
+        "reps": reps,
+        "ours_task_steps_per_s": n * reps / sum(a),
+        "reference_task_steps_per_s": n * reps / sum(b),
+        "speedup": sum(b) / sum(a),
+        "speedup_median_of_reps": statistics.median(ratios),
         "speedup_standard_error": statistics.stdev(ratios) / math.sqrt(reps),
     }
 
@@ -230,9 +249,14 @@ def batched_vs_sequential(tasks_per_step: int, steps: int, reps: int) -> dict:
             if rep:  # the first round warms up
                 times[batched].append(time.perf_counter() - t)
     n = tasks_per_step * steps * reps
-    return {"tasks_per_meta_step": tasks_per_step, "steps_per_task": steps, "reps": reps,
-            "sequential_task_steps_per_s": n / sum(times[False]), "batched_task_steps_per_s": n / sum(times[True]),
-            "batched_vs_sequential": sum(times[False]) / sum(times[True])}
+    return {
+        "tasks_per_meta_step": tasks_per_step,
+        "steps_per_task": steps,
+        "reps": reps,
+        "sequential_task_steps_per_s": n / sum(times[False]),
+        "batched_task_steps_per_s": n / sum(times[True]),
+        "batched_vs_sequential": sum(times[False]) / sum(times[True]),
+    }
 
 
 def batched_equals_sequential(tasks_per_step: int = 3, steps: int = 5) -> float:
@@ -258,8 +282,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=4, help="tasks per meta-step in the comparison with the reference")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to measure on a GPU")
-    ap.add_argument("--batched-tasks", type=int, nargs="+", default=None,
-                    help="meta-batch sizes for the batched comparison (default: --tasks)")
+    ap.add_argument(
+        "--batched-tasks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="meta-batch sizes for the batched comparison (default: --tasks)",
+    )
     ap.add_argument("--batched-steps", type=int, default=None, help="inner steps there (default: --steps / 2)")
     ap.add_argument("--out", type=Path, default=Path("results/bench/leap.json"))
     args = ap.parse_args()
@@ -268,17 +297,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = {
-        "command": "python " + " ".join(sys.argv), "commit": bench_commit(), "machine": platform.processor() or platform.machine(),
+        "command": "python " + " ".join(sys.argv),
+        "commit": bench_commit(),
+        "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "overhead": overhead(args.steps, args.reps),
         "reference": against_reference(args.tasks, args.steps, max(2, args.reps // 2)),
-        "batched": [batched_vs_sequential(n, args.batched_steps or args.steps // 2, 2)
-                    for n in args.batched_tasks or [args.tasks]],
+        "batched": [
+            batched_vs_sequential(n, args.batched_steps or args.steps // 2, 2)
+            for n in args.batched_tasks or [args.tasks]
+        ],
         "batched_relative_difference_float64": batched_equals_sequential(),
     }
     o, r = res["overhead"], res["reference"]
     print(f"{res['device']}, threads {res['threads']}, Conv4 64 filters, batch 20, {args.steps} steps per task")
+
     def pct(v: dict) -> str:
         return f"{v['pct']:+.2f} % +- {v['standard_error_pct'] or 0:.2f} (median of reps {v['median_pct']:+.2f} %)"
 
@@ -289,12 +324,16 @@ def main() -> None:
     print(f"  Leap against in-place gradients {pct(o['leap_vs_flat'])}")
     print(f"  Leap's own time        {o['own_time_pct']:7.2f} % ({o['own_ms_per_step']:.3f} ms/step)")
     print(f"  reference approach     {r['reference_task_steps_per_s']:7.1f} task-steps/s (state-dict clone, NCHW)")
-    print(f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x +- "
-          f"{r['speedup_standard_error']:.2f} (median of {r['reps']} reps {r['speedup_median_of_reps']:.2f}x)")
+    print(
+        f"  leapbench Leap         {r['ours_task_steps_per_s']:7.1f} task-steps/s  -> {r['speedup']:.2f}x +- "
+        f"{r['speedup_standard_error']:.2f} (median of {r['reps']} reps {r['speedup_median_of_reps']:.2f}x)"
+    )
     for b in res["batched"]:
-        print(f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
-              f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x "
-              f"({b['tasks_per_meta_step']} tasks of {b['steps_per_task']} steps)")
+        print(
+            f"  batched (vmap) Leap    {b['batched_task_steps_per_s']:7.1f} task-steps/s against sequential "
+            f"{b['sequential_task_steps_per_s']:.1f} -> {b['batched_vs_sequential']:.2f}x "
+            f"({b['tasks_per_meta_step']} tasks of {b['steps_per_task']} steps)"
+        )
     print(f"  batched = sequential   relative difference {res['batched_relative_difference_float64']:.1e} (float64)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, res)

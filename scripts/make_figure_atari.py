@@ -9,6 +9,7 @@ Writes results/atari/<scale>/figures/fig3.{png,pdf}; the table (fig3.md, with in
 `scripts/make_table.py atari`, which this runs first with ``--collect``. Reads runs.csv and the per-run curves.
 Returns are the unclipped game scores, as a moving average over the last `eval.window` (100) episodes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,13 @@ def draw(base: Path, axes=None):
     info = df.drop_duplicates("method").set_index("method")
     if axes is None:
         cols = min(3, len(games))
-        fig, axes = plt.subplots((len(games) + cols - 1) // cols, cols, figsize=(3.3 * cols, 2.6 * ((len(games) + cols - 1) // cols)),
-                                 squeeze=False, constrained_layout=True)
+        fig, axes = plt.subplots(
+            (len(games) + cols - 1) // cols,
+            cols,
+            figsize=(3.3 * cols, 2.6 * ((len(games) + cols - 1) // cols)),
+            squeeze=False,
+            constrained_layout=True,
+        )
     axes = np.asarray(axes).ravel()
     heldout = {g for run in dict.fromkeys(df["run"]) for g in _config(base / run).data.heldout}
     for ax, game in zip(axes, games):
@@ -69,14 +75,19 @@ def draw(base: Path, axes=None):
             ys = np.array([np.interp(grid, f, y) for f, y in runs])
             mean = ys.mean(axis=0)
             color, label = info.loc[m, "color"], info.loc[m, "label"]
-            ax.plot(grid, mean, color=color, marker="o" if grid[0] == grid[-1] else None,
-                    label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            ax.plot(
+                grid,
+                mean,
+                color=color,
+                marker="o" if grid[0] == grid[-1] else None,
+                label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            )
             if len(runs) > 1:
                 ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
         ax.set_title(f"{game}{' (held out)' if game in heldout else ''}", fontsize=9)
         ax.set_xlabel("frames", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(games):]:
+    for ax in axes[len(games) :]:
         ax.axis("off")
     axes[0].set_ylabel("average return (100 episodes)", fontsize=8)
     axes[0].legend(fontsize=7)
@@ -86,14 +97,29 @@ def draw(base: Path, axes=None):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", default="small")
-    p.add_argument("--collect", metavar="RUNS", help="export finished runs from this runs folder (and make the table) first")
+    p.add_argument(
+        "--collect", metavar="RUNS", help="export finished runs from this runs folder (and make the table) first"
+    )
     p.add_argument("--results", default=str(ROOT / "results"), help="results folder")
     args = p.parse_args()
     matplotlib.use("Agg")
     base = Path(args.results) / "atari" / args.scale
     if args.collect:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_table.py"), "atari", "--scale", args.scale,
-                        "--collect", args.collect, "--results", args.results], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "make_table.py"),
+                "atari",
+                "--scale",
+                args.scale,
+                "--collect",
+                args.collect,
+                "--results",
+                args.results,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     if not (base / "runs.csv").exists():
         sys.exit(f"{base / 'runs.csv'} is missing; run scripts/make_table.py atari --scale {args.scale} first.")
     fig = draw(base)

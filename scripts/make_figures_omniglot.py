@@ -3,11 +3,13 @@
     python scripts/make_figures_omniglot.py --scale small
 
 Left: Leap's mean training-error curve on the validation alphabets at each validation during
-meta-training, blue (start) to red (end), as a 5-step moving average. Right: AUC of the training-error curve on the test alphabets
-against the number of pretraining tasks, per method, shaded by the standard deviation over seeds (the paper's
+meta-training, blue (start) to red (end), as a 5-step moving average. Right: AUC of the training-error curve
+on the test alphabets against the number of pretraining tasks, per method, shaded by the standard deviation over
+seeds (the paper's
 shading), from runs.csv (`scripts/make_table.py omniglot` writes it); labels and colours are the methods' own.
 Writes results/omniglot/<scale>/figures/fig2_{left,right}.{png,pdf}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +18,8 @@ import sys
 from pathlib import Path
 
 import matplotlib
-import matplotlib.pyplot as plt
 import matplotlib.colors
+import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
@@ -45,10 +47,18 @@ def fig2_left(runs: Path, ax) -> str:
         curve = 100 * np.mean(by_step[s], axis=0)
         if len(curve) >= SMOOTH:  # a moving average over SMOOTH steps, for readability
             curve = np.convolve(curve, np.ones(SMOOTH) / SMOOTH, mode="valid")
-        ax.plot(np.arange(1, len(curve) + 1), curve, color=cmap(i / max(1, len(steps) - 1)), lw=1.2,
-                label=f"meta-step {s}" if i in (0, len(steps) - 1) else None)
-    ax.set(xlabel="training step on a validation alphabet", ylabel="training error (%)",
-           title=f"Leap, {n[1:]} pretraining tasks")
+        ax.plot(
+            np.arange(1, len(curve) + 1),
+            curve,
+            color=cmap(i / max(1, len(steps) - 1)),
+            lw=1.2,
+            label=f"meta-step {s}" if i in (0, len(steps) - 1) else None,
+        )
+    ax.set(
+        xlabel="training step on a validation alphabet",
+        ylabel="training error (%)",
+        title=f"Leap, {n[1:]} pretraining tasks",
+    )
     ax.legend(frameon=False)
     return n
 
@@ -78,8 +88,10 @@ def main() -> None:
         sys.exit(f"{base / 'runs.csv'} is missing; run scripts/make_table.py omniglot --scale {args.scale} first.")
     out = base / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    for name, draw in (("fig2_left", lambda ax: fig2_left(base / "runs", ax)),
-                       ("fig2_right", lambda ax: fig2_right(base / "runs.csv", ax))):
+    for name, draw in (
+        ("fig2_left", lambda ax: fig2_left(base / "runs", ax)),
+        ("fig2_right", lambda ax: fig2_right(base / "runs.csv", ax)),
+    ):
         fig, ax = plt.subplots(figsize=(4.2, 3.2), constrained_layout=True)
         draw(ax)
         ax.spines[["top", "right"]].set_visible(False)

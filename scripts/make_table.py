@@ -8,6 +8,7 @@ Writes results/<experiment>/<scale>/runs.csv (one row per run; Atari: per run an
 each method, paired by seed, with its intervals) and <table>.md. ``--conf DIR`` adds method configs (labels,
 colours) from another config folder. Reads local files only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,22 +36,38 @@ def collect(runs: Path, base: Path, experiment: str, scale: str) -> int:
 
 
 def omniglot_text(df, cells, pairs, spec, root) -> list[str]:
-    return ["## Table 1: mean test error (%) on the held-out alphabets, the paper's value in parentheses", "",
-            tables.markdown_cells(cells, spec, "test_error", df, root), "",
-            "## Fig. 2 (right): AUC of the training-error curve (0-100)", "",
-            tables.markdown_cells(cells, spec, "auc", df, root), "",
-            "## Leap's paired difference to each method: test error / AUC (Leap - method; negative: Leap is better)",
-            "", tables.markdown_paired(pairs, spec, ["test_error", "auc"], df, root)]
+    return [
+        "## Table 1: mean test error (%) on the held-out alphabets, the paper's value in parentheses",
+        "",
+        tables.markdown_cells(cells, spec, "test_error", df, root),
+        "",
+        "## Fig. 2 (right): AUC of the training-error curve (0-100)",
+        "",
+        tables.markdown_cells(cells, spec, "auc", df, root),
+        "",
+        "## Leap's paired difference to each method: test error / AUC (Leap - method; negative: Leap is better)",
+        "",
+        tables.markdown_paired(pairs, spec, ["test_error", "auc"], df, root),
+    ]
 
 
 def multicv_text(df, cells, pairs, spec, root) -> list[str]:
     text = []
     for score, title in (("test_error", "Test error (%)"), ("train_error", "Train error (%)"), ("auc", "AUC")):
-        text += [f"## Table 2, {title}: the paper's value in parentheses", "",
-                 tables.markdown_cells(cells, spec, score, df, root), ""]
-    text += ["## Leap's paired difference to each method: test error / AUC (Leap - method; negative: Leap is better)",
-             "", tables.markdown_paired(pairs, spec, ["test_error", "auc"], df, root), "",
-             "## The paper's claims on these runs", ""] + multicv_claims(pairs, spec)
+        text += [
+            f"## Table 2, {title}: the paper's value in parentheses",
+            "",
+            tables.markdown_cells(cells, spec, score, df, root),
+            "",
+        ]
+    text += [
+        "## Leap's paired difference to each method: test error / AUC (Leap - method; negative: Leap is better)",
+        "",
+        tables.markdown_paired(pairs, spec, ["test_error", "auc"], df, root),
+        "",
+        "## The paper's claims on these runs",
+        "",
+    ] + multicv_claims(pairs, spec)
     return text
 
 
@@ -61,23 +78,36 @@ def multicv_claims(pairs: pd.DataFrame, spec) -> list[str]:
     for score, claim in (("test_error", "test error"), ("auc", "AUC")):
         p = pairs[pairs["score"] == score]
         sets = list(dict.fromkeys(p["heldout"]))
-        better = [d for d in sets if ((g := p[p["heldout"] == d])["diff_mean"] < 0).all() and g["excludes_zero"].all()
-                  and len(g) >= 2]
+        better = [
+            d
+            for d in sets
+            if ((g := p[p["heldout"] == d])["diff_mean"] < 0).all() and g["excludes_zero"].all() and len(g) >= 2
+        ]
         worse = [d for d in sets if (p[p["heldout"] == d].eval("diff_mean > 0 and excludes_zero")).any()]
-        out.append(f"- Lower {claim} than every other method, interval excluding 0: {len(better)} of {len(sets)} "
-                   f"({', '.join(spec.names[d] for d in better) or 'none'}); clearly higher than one of them: "
-                   f"{', '.join(spec.names[d] for d in worse) or 'none'}. The paper: 7 of 8 (all but Facescrub).")
+        out.append(
+            f"- Lower {claim} than every other method, interval excluding 0: {len(better)} of {len(sets)} "
+            f"({', '.join(spec.names[d] for d in better) or 'none'}); clearly higher than one of them: "
+            f"{', '.join(spec.names[d] for d in worse) or 'none'}. The paper: 7 of 8 (all but Facescrub)."
+        )
     return out
 
 
 def atari_text(df, cells, pairs, spec, root) -> list[str]:
-    return ["## Final return (mean of the last 100 episodes): mean and 95 % t-interval over seeds", "",
-            tables.markdown_cells(cells, spec, "final_return", df, root, ci=True), "",
-            "## Mean return over all of training (faster learning: higher): mean and 95 % t-interval over seeds", "",
-            tables.markdown_cells(cells, spec, "mean_return", df, root, ci=True), "",
-            "## Leap's paired difference: final / mean return (Leap - method; positive: Leap is better)", "",
-            tables.markdown_paired(pairs, spec, ["final_return", "mean_return"], df, root), "",
-            "Figure: `figures/fig3.png` (unclipped game scores, moving average over 100 episodes)."]
+    return [
+        "## Final return (mean of the last 100 episodes): mean and 95 % t-interval over seeds",
+        "",
+        tables.markdown_cells(cells, spec, "final_return", df, root, ci=True),
+        "",
+        "## Mean return over all of training (faster learning: higher): mean and 95 % t-interval over seeds",
+        "",
+        tables.markdown_cells(cells, spec, "mean_return", df, root, ci=True),
+        "",
+        "## Leap's paired difference: final / mean return (Leap - method; positive: Leap is better)",
+        "",
+        tables.markdown_paired(pairs, spec, ["final_return", "mean_return"], df, root),
+        "",
+        "Figure: `figures/fig3.png` (unclipped game scores, moving average over 100 episodes).",
+    ]
 
 
 TEXT = {"omniglot": omniglot_text, "multicv": multicv_text, "atari": atari_text}
@@ -95,16 +125,27 @@ def write(base: Path, spec: tables.Spec, root: Path, scale: str, conf: tuple[Pat
     tables.write_csv(pairs, base / f"{spec.name}_paired.csv")
     better = "higher" if spec.higher_is_better else "lower"
     wall = df.groupby("method", sort=False)["wall_time_s"].mean()
-    text = [f"# {spec.experiment}, scale={scale}: ours beside the paper", "",
-            tables.provenance_line(df, f"python scripts/make_table.py {spec.experiment} --scale {scale}"),
-            f"Cells: mean ± std over seeds ([k]: a cell with fewer seeds); {better} is better. Paired differences: "
-            "mean and 95 % Student-t interval over the seeds both methods ran (one seed = one split and one "
-            f"initialization); a bootstrap interval too from {tables.BOOTSTRAP_FROM} seeds; * marks an interval that "
-            "excludes 0.", ""]
+    text = [
+        f"# {spec.experiment}, scale={scale}: ours beside the paper",
+        "",
+        tables.provenance_line(df, f"python scripts/make_table.py {spec.experiment} --scale {scale}"),
+        f"Cells: mean ± std over seeds ([k]: a cell with fewer seeds); {better} is better. Paired differences: "
+        "mean and 95 % Student-t interval over the seeds both methods ran (one seed = one split and one "
+        f"initialization); a bootstrap interval too from {tables.BOOTSTRAP_FROM} seeds; * marks an interval that "
+        "excludes 0.",
+        "",
+    ]
     text += TEXT[spec.experiment](df, cells, pairs, spec, root)
-    text += ["", "Mean wall time per run: " + ", ".join(
-        f"{df.loc[df['method'] == m, 'label'].iloc[0]} {wall[m]:.0f} s" for m in tables.method_order(df, spec, root)
-        if not np.isnan(wall[m])) + "."]
+    text += [
+        "",
+        "Mean wall time per run: "
+        + ", ".join(
+            f"{df.loc[df['method'] == m, 'label'].iloc[0]} {wall[m]:.0f} s"
+            for m in tables.method_order(df, spec, root)
+            if not np.isnan(wall[m])
+        )
+        + ".",
+    ]
     (base / f"{spec.name}.md").write_text("\n".join(text) + "\n")
     return "\n".join(text)
 
@@ -120,7 +161,9 @@ def main() -> None:
     spec, root = tables.SPECS[args.experiment], Path(args.results)
     base = root / args.experiment / args.scale
     if args.collect:
-        print(f"exported {collect(Path(args.collect), base, args.experiment, args.scale)} finished runs", file=sys.stderr)
+        print(
+            f"exported {collect(Path(args.collect), base, args.experiment, args.scale)} finished runs", file=sys.stderr
+        )
     print(write(base, spec, root, args.scale, tuple(args.conf)))
 
 

@@ -7,6 +7,7 @@ Reads finished run folders (or exported ones); ``--export`` first copies them to
 portable configs and curves, as the table scripts do), so the numbers it prints can be printed again from there.
 Differences are a - b, mean and 95 % Student-t interval over the seeds both hold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def main() -> None:
     print(f"a = {a[seeds[0]]['command']}\nb = {b[seeds[0]]['command']}\nseeds {seeds}\n")
     print("| seed | a error | b error | a AUC | b AUC | a wall s | b wall s |\n|---|---|---|---|---|---|---|")
     for s in seeds:
-        print(f"| {s} | {a[s]['test']['error']:.1f} | {b[s]['test']['error']:.1f} | {a[s]['test']['auc']:.1f} | "
-              f"{b[s]['test']['auc']:.1f} | {a[s]['wall_time_s']:.0f} | {b[s]['wall_time_s']:.0f} |")
+        print(
+            f"| {s} | {a[s]['test']['error']:.1f} | {b[s]['test']['error']:.1f} | {a[s]['test']['auc']:.1f} | "
+            f"{b[s]['test']['auc']:.1f} | {a[s]['wall_time_s']:.0f} | {b[s]['wall_time_s']:.0f} |"
+        )
     for metric in ("error", "auc"):
         d = [a[s]["test"][metric] - b[s]["test"][metric] for s in seeds]
         print(f"\na - b, test {metric}: {format_interval(d)} points")

@@ -14,6 +14,7 @@ fixed steps. Runs land in runs/omniglot/scratch/paper/n20-s<seed>-<mode>-<augmen
 exported to results/omniglot/protocol/runs/, and a cell found there is not run again, so the study resumes from
 the committed results. Writes results/omniglot/protocol/{protocol.csv,protocol.md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,17 +53,34 @@ def run_missing(seeds: list[int], augments: list[str], runs: Path, out: Path, ex
     """One joblib multirun per (rule, augmentation) over the seeds whose run is not exported yet."""
     for overrides in RULES.values():
         for augment in augments:
-            todo = [s for s in seeds if not list((out / "runs").glob(f"n*{suffix(s, overrides, augment)}/summary.json"))]
+            todo = [
+                s for s in seeds if not list((out / "runs").glob(f"n*{suffix(s, overrides, augment)}/summary.json"))
+            ]
             if todo:
-                subprocess.run([sys.executable, "run.py", "-m", "launcher=joblib", "method=scratch",
-                                f"seed={','.join(map(str, todo))}", *overrides, f"data.augment={augment}", TAG,
-                                f"paths.runs={runs}", *extra], cwd=ROOT, check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "run.py",
+                        "-m",
+                        "launcher=joblib",
+                        "method=scratch",
+                        f"seed={','.join(map(str, todo))}",
+                        *overrides,
+                        f"data.augment={augment}",
+                        TAG,
+                        f"paths.runs={runs}",
+                        *extra,
+                    ],
+                    cwd=ROOT,
+                    check=True,
+                )
             collect(runs, out)  # export as cells finish, so an interrupted study keeps them
 
 
 def collect(runs: Path, out: Path) -> int:
-    return sum(export_run(d, out / "runs" / d.name) is not None
-               for d in sorted(runs.glob("omniglot/scratch/*/n*-s*-*-*-*")))
+    return sum(
+        export_run(d, out / "runs" / d.name) is not None for d in sorted(runs.glob("omniglot/scratch/*/n*-s*-*-*-*"))
+    )
 
 
 def rows(out: Path) -> list[dict]:
@@ -74,12 +92,23 @@ def rows(out: Path) -> list[dict]:
             continue
         s = json.loads((folder / "summary.json").read_text())
         rule = next(label for label, o in RULES.items() if folder.name.endswith(suffix(s["seed"], o, cfg.data.augment)))
-        out_rows.append({"rule": rule, "augment": cfg.data.augment, "seed": s["seed"], "split_seed": s["split_seed"],
-                    "test_error": round(s["test"]["error"], 2), "oracle_error": round(s["test"]["oracle_error"], 2),
-                    "auc": round(s["test"]["auc"], 2),
-                    "train_error": round(s["test"]["train_error"], 2), "mean_steps": s["mean_adapt_steps"],
-                    "test_alphabets": " ".join(s["test"]["tasks"]), "wall_time_s": s["wall_time_s"],
-                    "commit": s["commit"], "command": s["command"]})
+        out_rows.append(
+            {
+                "rule": rule,
+                "augment": cfg.data.augment,
+                "seed": s["seed"],
+                "split_seed": s["split_seed"],
+                "test_error": round(s["test"]["error"], 2),
+                "oracle_error": round(s["test"]["oracle_error"], 2),
+                "auc": round(s["test"]["auc"], 2),
+                "train_error": round(s["test"]["train_error"], 2),
+                "mean_steps": s["mean_adapt_steps"],
+                "test_alphabets": " ".join(s["test"]["tasks"]),
+                "wall_time_s": s["wall_time_s"],
+                "commit": s["commit"],
+                "command": s["command"],
+            }
+        )
     order = list(RULES)
     return sorted(out_rows, key=lambda r: (order.index(r["rule"]), AUGMENTS.index(r["augment"]), r["seed"]))
 
@@ -105,14 +134,21 @@ def write(table: list[dict], out: Path) -> None:
     for (rule, aug), rs in groups.items():
         e = np.array([r["test_error"] for r in rs])
         sd = f" ± {e.std(ddof=1):.1f}" if len(e) > 1 else ""
-        lines.append(f"| {rule} | {aug} | {e.mean():.1f}{sd} | {e.min():.1f}-{e.max():.1f} | "
-                     f"{np.mean([r['auc'] for r in rs]):.1f} | {np.mean([r['mean_steps'] for r in rs]):.0f} | {len(rs)} |")
-    lines += ["", "Stopping-rule bias, paired by split (mean and 95 % t-interval over splits). *Total*: the held-out rule's "
-              "error minus the validation rule's (the latter also trains on 12 instead of 15 images per character). "
-              "*Selection*: on the validation rule's own runs, the best held-out error at any check minus the error "
-              "reported at the validation-chosen point: the optimism of choosing the stopping point on the reported "
-              "images, on one trajectory and training set.", "",
-              "| augmentation | total (points) | selection (points) | splits |", "|---|---|---|---|"]
+        lines.append(
+            f"| {rule} | {aug} | {e.mean():.1f}{sd} | {e.min():.1f}-{e.max():.1f} | "
+            f"{np.mean([r['auc'] for r in rs]):.1f} | {np.mean([r['mean_steps'] for r in rs]):.0f} | {len(rs)} |"
+        )
+    lines += [
+        "",
+        "Stopping-rule bias, paired by split (mean and 95 % t-interval over splits). *Total*: the held-out rule's "
+        "error minus the validation rule's (the latter also trains on 12 instead of 15 images per character). "
+        "*Selection*: on the validation rule's own runs, the best held-out error at any check minus the error "
+        "reported at the validation-chosen point: the optimism of choosing the stopping point on the reported "
+        "images, on one trajectory and training set.",
+        "",
+        "| augmentation | total (points) | selection (points) | splits |",
+        "|---|---|---|---|",
+    ]
     heldout, val = list(RULES)[:2]
     for aug in AUGMENTS:
         a = {r["seed"]: r["test_error"] for r in groups.get((heldout, aug), [])}
@@ -132,10 +168,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", action="store_true", help="only export finished runs and tabulate")
     p.add_argument("--seeds", default=SEEDS, help=f"splits to run (default {SEEDS})")
-    p.add_argument("--augments", default=",".join(AUGMENTS), help=f"augmentations to run (default {','.join(AUGMENTS)})")
+    p.add_argument(
+        "--augments", default=",".join(AUGMENTS), help=f"augmentations to run (default {','.join(AUGMENTS)})"
+    )
     p.add_argument("--runs", default=str(ROOT / "runs"), help="runs folder (paths.runs)")
     p.add_argument("--out", default=str(OUT), help="results folder (default: results/omniglot/protocol)")
-    p.add_argument("overrides", nargs="*", help="more run.py overrides for every run (e.g. a smaller model, for a test)")
+    p.add_argument(
+        "overrides", nargs="*", help="more run.py overrides for every run (e.g. a smaller model, for a test)"
+    )
     args = p.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     if not args.collect:

@@ -5,9 +5,10 @@
 Each run's ``init.pt`` (the initialization its test used) is adapted with the run's own config changed by the
 ``--set`` overrides (dotted keys, OmegaConf syntax) and the run's test seed, so the two results differ only by the
 overrides (with the same keys it repeats the recorded test exactly; ``eval.stop_on=val`` also shrinks the training
-set, so its batches differ). One row per run: the recorded test and the new one. Used for the bias of the paper's stopping rule
-(docs/reproduction.md): the same initializations stopped on held-out versus validation images.
+set, so its batches differ). One row per run: the recorded test and the new one. Used for the bias of the paper's
+stopping rule (docs/reproduction.md): the same initializations stopped on held-out versus validation images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.errors import LeapError  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
-from leapbench.results import format_interval  # noqa: E402
 from leapbench.provenance import commit  # noqa: E402
+from leapbench.results import format_interval  # noqa: E402
 from leapbench.rundir import upgrade  # noqa: E402
 from leapbench.runner import build, eval_seeds  # noqa: E402
 
@@ -38,12 +39,22 @@ def retest(run_dir: Path, overrides: list[str]) -> dict:
     model = build(cfg.model, **data.model_kwargs)
     model.load_state_dict(torch.load(run_dir / "init.pt", map_location="cpu"))
     res = evaluate(model, data.test, build(cfg.inner), build(cfg.eval), eval_seeds(cfg.seed)[1])
-    return {"run": "/".join(run_dir.parts[-4:]), "method": summary["method"], "seed": summary["seed"],
-            "split_seed": summary.get("split_seed"), "recorded_error": round(summary["test"]["error"], 2),
-            "recorded_auc": round(summary["test"]["auc"], 2), "recorded_steps": summary["mean_adapt_steps"],
-            "error": round(res["error"], 2), "oracle_error": round(res["oracle_error"], 2), "auc": round(res["auc"], 2),
-            "steps": sum(t["steps"] for t in res["tasks"]) / len(res["tasks"]), "overrides": " ".join(overrides),
-            "run_commit": summary["commit"], "commit": commit(("src", "conf", "scripts"))}
+    return {
+        "run": "/".join(run_dir.parts[-4:]),
+        "method": summary["method"],
+        "seed": summary["seed"],
+        "split_seed": summary.get("split_seed"),
+        "recorded_error": round(summary["test"]["error"], 2),
+        "recorded_auc": round(summary["test"]["auc"], 2),
+        "recorded_steps": summary["mean_adapt_steps"],
+        "error": round(res["error"], 2),
+        "oracle_error": round(res["oracle_error"], 2),
+        "auc": round(res["auc"], 2),
+        "steps": sum(t["steps"] for t in res["tasks"]) / len(res["tasks"]),
+        "overrides": " ".join(overrides),
+        "run_commit": summary["commit"],
+        "commit": commit(("src", "conf", "scripts")),
+    }
 
 
 def main() -> None:
@@ -69,8 +80,10 @@ def main() -> None:
         except LeapError as e:
             print(f"error: {run_dir}: {e}", file=sys.stderr)
             sys.exit(2)
-        print(f"{run_dir}: {rows[-1]['recorded_error']:.1f} -> {rows[-1]['error']:.1f} % ({' '.join(args.overrides)})",
-              file=sys.stderr)
+        print(
+            f"{run_dir}: {rows[-1]['recorded_error']:.1f} -> {rows[-1]['error']:.1f} % ({' '.join(args.overrides)})",
+            file=sys.stderr,
+        )
     rows.sort(key=lambda r: r["run"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
@@ -80,8 +93,10 @@ def main() -> None:
     for method in sorted({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == method]
         diff = lambda a, b: [float(r[a]) - float(r[b]) for r in mine]  # noqa: E731
-        print(f"{method} ({len(mine)} runs): recorded - retested {format_interval(diff('recorded_error', 'error'), 2)}, "
-              f"oracle - retested {format_interval(diff('oracle_error', 'error'), 2)} points of test error")
+        print(
+            f"{method} ({len(mine)} runs): recorded - retested {format_interval(diff('recorded_error', 'error'), 2)}, "
+            f"oracle - retested {format_interval(diff('oracle_error', 'error'), 2)} points of test error"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the same run id. They must reach W&B oldest first: W&B keeps a step only if it i
 The runner logs each metrics row with its row index as the step, and only rows a resumed run will not redo,
 so the segments in order hold every step once. Runs are synced four at a time; one run's segments one by one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ def records(path: Path):
         if BLOCK - pos % BLOCK < HEADER:  # the tail of a block too short for a record header is padding
             pos += BLOCK - pos % BLOCK
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        parts += data[pos + HEADER:pos + HEADER + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        parts += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = pb.Record()

@@ -1,4 +1,5 @@
 """Shared fixtures: config composition, the real datasets, and a small synthetic Omniglot tree."""
+
 from __future__ import annotations
 
 import os
@@ -83,7 +84,9 @@ def notebook_outputs(name: str, results: Path, scale: str, monkeypatch) -> list:
     monkeypatch.setenv("LEAP_RESULTS", str(results))
     monkeypatch.setenv("LEAP_SCALE", scale)
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     return outputs

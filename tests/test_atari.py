@@ -1,4 +1,5 @@
 """The Atari environment and the A2C learning process (real ALE ROMs shipped in ale-py; no network)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,6 +20,7 @@ RMSPROP = partial(torch.optim.RMSprop, lr=1e-4, eps=1e-4, alpha=0.99)
 
 
 # -- games and env ---------------------------------------------------------------------------------------
+
 
 def test_action_counts_match_ale():
     counts = action_counts()
@@ -64,6 +66,7 @@ def test_env_gives_84x84_rgb_uint8_and_is_seeded():
 
 # -- network ---------------------------------------------------------------------------------------------
 
+
 def test_actor_critic_shapes_and_heads():
     model = ActorCritic({"pong": 6, "breakout": 4})
     x = torch.randint(0, 256, (5, 3, 84, 84), dtype=torch.uint8)
@@ -75,10 +78,13 @@ def test_actor_critic_shapes_and_heads():
         model.select("space_invaders")
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert names == {"body", "policy", "value"}
-    assert sum(p.numel() for p in model.body.parameters()) == (3 * 64 * 16 + 16) + (16 * 16 * 32 + 32) + (2592 * 256 + 256)
+    assert sum(p.numel() for p in model.body.parameters()) == (3 * 64 * 16 + 16) + (16 * 16 * 32 + 32) + (
+        2592 * 256 + 256
+    )
 
 
 # -- pure pieces of the update ---------------------------------------------------------------------------
+
 
 def test_nstep_returns_stop_at_episode_ends():
     g = 0.5
@@ -87,9 +93,7 @@ def test_nstep_returns_stop_at_episode_ends():
     bootstrap = torch.tensor([10.0, 10.0])
     # env 0: the episode ends at t=1, so t=0 and t=1 never see t=2 or the bootstrap; t=2 bootstraps.
     # env 1: ends at t=2, so nothing bootstraps.
-    expected = torch.tensor([[1 + g * 2, 0 + g * (1 + g * 0)],
-                             [2.0, 1 + g * 0],
-                             [3 + g * 10, 0.0]])
+    expected = torch.tensor([[1 + g * 2, 0 + g * (1 + g * 0)], [2.0, 1 + g * 0], [3 + g * 10, 0.0]])
     assert torch.allclose(nstep_returns(rewards, dones, bootstrap, g), expected)
 
 
@@ -111,6 +115,7 @@ def test_rewards_clipped_for_learning_but_scores_unclipped():
 
 
 # -- the learning loop on a scripted env -----------------------------------------------------------------
+
 
 class ScriptedEnv:
     """Two envs with reward 10 every step: env 0 terminates every 3 steps, env 1 is truncated every 4."""
@@ -158,8 +163,16 @@ def test_episode_ends_scores_and_learning_rewards(monkeypatch):
     assert len(losses) == 3 and all(np.isfinite(losses)) and env.closed
     # 15 steps of 2 envs x 4 frames; env 0 ends at steps 3, 6, ..., env 1 at 4, 8, 12; scores unclipped
     assert a2c.frames == 15 * 8
-    assert a2c.last_episodes == [(24, 30.0), (32, 40.0), (48, 30.0), (64, 40.0), (72, 30.0),
-                                 (96, 30.0), (96, 40.0), (120, 30.0)]
+    assert a2c.last_episodes == [
+        (24, 30.0),
+        (32, 40.0),
+        (48, 30.0),
+        (64, 40.0),
+        (72, 30.0),
+        (96, 30.0),
+        (96, 40.0),
+        (120, 30.0),
+    ]
     rewards, dones = (torch.cat(x) for x in zip(*seen))
     assert dones[:, 0].tolist() == [t % 3 == 0 for t in range(1, 16)]
     assert dones[:, 1].tolist() == [t % 4 == 0 for t in range(1, 16)]
@@ -192,6 +205,7 @@ def test_hook_after_backward_before_step(monkeypatch):
 
 
 # -- the real game ---------------------------------------------------------------------------------------
+
 
 def test_a2c_on_real_pong_records_returns(monkeypatch):
     a2c = A2C(RMSPROP, updates=10, num_envs=4, unroll=5)

@@ -1,16 +1,17 @@
 """The Atari experiment end to end: configs, games as tasks, Leap's encoder meta-gradient from A2C, runs, Fig. 3."""
+
 from __future__ import annotations
 
-import pandas as pd
 import json
 import subprocess
 import sys
 from functools import partial
 
+import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, make_cfg, notebook_outputs, script
+
 from leapbench.data.atari import AtariGames
 from leapbench.errors import ConfigError
 from leapbench.methods.base import task_seeds
@@ -38,7 +39,13 @@ def test_config_composes(method, scale, tmp_path):
     if scale == "paper":  # Appendix F
         o = cfg.inner.optimizer
         assert (o._target_, o.lr, o.eps, o.alpha) == ("torch.optim.RMSprop", 1e-4, 1e-4, 0.99)
-        assert (inner.num_envs, inner.unroll, inner.gamma, inner.entropy_cost, inner.reward_clip) == (32, 5, 0.99, 0.01, 5.0)
+        assert (inner.num_envs, inner.unroll, inner.gamma, inner.entropy_cost, inner.reward_clip) == (
+            32,
+            5,
+            0.99,
+            0.01,
+            5.0,
+        )
         assert len(data.pretrain) == 22 and len(cfg.data.pool) == 25 and cfg.train.meta_steps == 100
         assert inner.updates * 32 * 5 * 4 >= 1_000_000  # a million frames per task
         assert max(action_counts()[g] for g in cfg.data.pool) <= 10
@@ -48,20 +55,27 @@ def test_config_composes(method, scale, tmp_path):
         assert learner.scope == "body." and meta == {id(q) for q in model.body.parameters()}
 
 
-@pytest.mark.parametrize("override, match", [
-    ("data.test=[pongg]", "pongg"),
-    ("data.heldout=[qbert]", "not in data.pool"),
-    ("data.pretrain=[breakout]", "both held out"),
-    ("data.pool=[pong,alien]", "more than 10 actions"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("data.test=[pongg]", "pongg"),
+        ("data.heldout=[qbert]", "not in data.pool"),
+        ("data.pretrain=[breakout]", "both held out"),
+        ("data.pool=[pong,alien]", "more than 10 actions"),
+    ],
+)
 def test_bad_games_are_config_errors(override, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         build(make_cfg(*SMOKE, override, tmp_path=tmp_path).data)
 
 
 def test_cli_unknown_game_exits_2_naming_it(tmp_path):
-    out = subprocess.run([sys.executable, "run.py", *SMOKE, "data.test=[space_invader]", f"paths.runs={tmp_path}"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "run.py", *SMOKE, "data.test=[space_invader]", f"paths.runs={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "space_invader" in out.stderr and "space_invaders" in out.stderr
     assert "Traceback" not in out.stderr and not any(tmp_path.rglob("summary.json"))
 
@@ -70,8 +84,7 @@ def test_cli_unknown_game_exits_2_naming_it(tmp_path):
 def test_leap_encoder_meta_gradient_from_a2c_equals_stored_trajectory(loss):
     """The supervised path's accumulator, fed by the RL inner loop, equals eq. 8 computed afterwards from the
     stored encoder trajectory (psi^i, f_i, g_i) of the same A2C learning processes on real Pong."""
-    inner = A2C(partial(torch.optim.RMSprop, lr=1e-3, eps=1e-4, alpha=0.99), updates=4, num_envs=2,
-                episode_frames=200)
+    inner = A2C(partial(torch.optim.RMSprop, lr=1e-3, eps=1e-4, alpha=0.99), updates=4, num_envs=2, episode_frames=200)
     tasks = [Game("pong", 0), Game("breakout", 1)]
 
     def agent() -> ActorCritic:
@@ -88,8 +101,12 @@ def test_leap_encoder_meta_gradient_from_a2c_equals_stored_trajectory(loss):
     for task, seed in zip(tasks, seeds):
         model, traj = agent(), []
         body = list(model.body.parameters())
-        inner.train(model, task, torch.Generator().manual_seed(seed),
-                    hook=lambda i, f, m: traj.append((flat_params(body), f, flat_grads(body))))
+        inner.train(
+            model,
+            task,
+            torch.Generator().manual_seed(seed),
+            hook=lambda i, f, m: traj.append((flat_params(body), f, flat_grads(body))),
+        )
         assert len(traj) == 4
         for (p0, f0, g0), (p1, f1, _) in zip(traj, traj[1:]):
             dp, df = p1 - p0, (-abs(f1 - f0) if loss else 0.0)

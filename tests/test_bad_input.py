@@ -1,5 +1,6 @@
 """Bad input through the real CLI, as a new user types it: every refusal is one short message that names the
 key, exit code 2, no traceback, and nothing new under ``paths.runs`` (docs/reliability.md, Bad input)."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, FAKE, ROOT
 
 OMNIGLOT, MULTICV, ATARI = "experiment=omniglot", "experiment=multicv", "experiment=atari"
@@ -26,7 +26,11 @@ CATALOGUE = [
     (ATARI, ["inner.updates=1.5"], "inner.updates=1.5 must be an integer"),
     (OMNIGLOT, ["seed=${nope}"], "seed: Interpolation key 'nope' not found"),
     # values outside a closed set
-    (OMNIGLOT, ["eval.stop_on=vall"], "eval.stop_on=vall is not allowed; choose one of heldout, val (did you mean val?)"),
+    (
+        OMNIGLOT,
+        ["eval.stop_on=vall"],
+        "eval.stop_on=vall is not allowed; choose one of heldout, val (did you mean val?)",
+    ),
     (OMNIGLOT, ["eval.mode=forever"], "eval.mode=forever is not allowed"),
     (OMNIGLOT, ["data.augment=rotate"], "data.augment=rotate is not allowed; choose one of reference, rotate36, none"),
     (OMNIGLOT, ["data.resample=bicubic"], "data.resample=bicubic is not allowed"),
@@ -51,8 +55,11 @@ CATALOGUE = [
     (OMNIGLOT, ["train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
     (OMNIGLOT, ["+train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
     (OMNIGLOT, ["+seed=3"], "+seed=3: seed exists already; drop the +"),
-    (OMNIGLOT, ["inner.optimizer.momentu=0.9"], "inner.optimizer.momentu: no such key; did you mean "
-                                                "inner.optimizer.momentum?"),
+    (
+        OMNIGLOT,
+        ["inner.optimizer.momentu=0.9"],
+        "inner.optimizer.momentu: no such key; did you mean inner.optimizer.momentum?",
+    ),
     (OMNIGLOT, ["inner.optimizer.momentum=0.9"], "write +inner.optimizer.momentum=0.9 to set it"),
     (OMNIGLOT, ["seed=1,2"], "seed=1,2 lists several values; add -m"),
     (OMNIGLOT, ["method=leep"], "method=leep: no such option; choose one of"),
@@ -62,10 +69,16 @@ CATALOGUE = [
     # impossible method x experiment pairs
     (MULTICV, ["method=finetune_single"], "method=finetune_single needs tasks that share one output layer"),
     (ATARI, ["method=finetune"], "method=finetune needs labelled training batches"),
-    (OMNIGLOT, ["method.batched=true", "inner.patience=5"], "method=leap with method.batched=true needs every task to "
-                                                            "train for exactly inner.steps updates"),
-    (OMNIGLOT, ["method.batched=true", "train.on_divergence=skip"], "method.batched=true does not support "
-                                                                    "train.on_divergence=skip"),
+    (
+        OMNIGLOT,
+        ["method.batched=true", "inner.patience=5"],
+        "method=leap with method.batched=true needs every task to train for exactly inner.steps updates",
+    ),
+    (
+        OMNIGLOT,
+        ["method.batched=true", "train.on_divergence=skip"],
+        "method.batched=true does not support train.on_divergence=skip",
+    ),
     # unknown games and datasets, missing data
     (ATARI, ["data.test=[pong,pongg]"], "data.test: unknown Atari game 'pongg'"),
     (ATARI, ["data.heldout=[SpaceInvaders]"], "data.heldout: unknown Atari game 'SpaceInvaders'"),
@@ -77,9 +90,22 @@ CATALOGUE = [
 
 def cli(experiment: str, *args: str, runs: Path, fake_root: Path) -> subprocess.CompletedProcess:
     data = [*FAKE, f"paths.data={fake_root}"] if experiment == OMNIGLOT else [f"paths.data={DATA}"]
-    return subprocess.run([sys.executable, "run.py", experiment, "scale=smoke", *data, *args, f"paths.runs={runs}",
-                           f"paths.cache={runs.parent / 'cache'}", "progress=false"],
-                          cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            experiment,
+            "scale=smoke",
+            *data,
+            *args,
+            f"paths.runs={runs}",
+            f"paths.cache={runs.parent / 'cache'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 def refused(out: subprocess.CompletedProcess, message: str) -> None:
@@ -117,18 +143,35 @@ def test_bad_value_aimed_at_a_finished_run_names_the_value_and_changes_nothing(f
     runs = tmp_path / "runs"
     assert cli(OMNIGLOT, "method=scratch", runs=runs, fake_root=fake_root).returncode == 0
     before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
-    for bad, message in (("inner.optimizer.lr=-1", "inner.optimizer.lr=-1 must be positive"),
-                         ("eval.stop_on=vall", "eval.stop_on=vall is not allowed"),
-                         ("eval.patience=0", "eval.patience=0 must be at least 1")):
+    for bad, message in (
+        ("inner.optimizer.lr=-1", "inner.optimizer.lr=-1 must be positive"),
+        ("eval.stop_on=vall", "eval.stop_on=vall is not allowed"),
+        ("eval.patience=0", "eval.patience=0 must be at least 1"),
+    ):
         refused(cli(OMNIGLOT, "method=scratch", bad, runs=runs, fake_root=fake_root), message)
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 
 def test_a_multirun_reports_the_bad_job_and_runs_the_others(fake_root, tmp_path):
     runs = tmp_path / "runs"
-    out = subprocess.run([sys.executable, "run.py", "-m", "method=scratch", "seed=abc,1", "scale=smoke", *FAKE,
-                          f"paths.data={fake_root}", f"paths.runs={runs}", f"paths.cache={tmp_path / 'cache'}",
-                          "progress=false"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "method=scratch",
+            "seed=abc,1",
+            "scale=smoke",
+            *FAKE,
+            f"paths.data={fake_root}",
+            f"paths.runs={runs}",
+            f"paths.cache={tmp_path / 'cache'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert re.search(r"error: \[method=scratch seed=abc .*\] seed=abc must be an integer", out.stderr)  # the job's line
     assert "failed: seed=abc must be an integer." in out.stderr  # Hydra's last line
@@ -136,8 +179,12 @@ def test_a_multirun_reports_the_bad_job_and_runs_the_others(fake_root, tmp_path)
 
 
 def test_a_misspelt_sweep_value_is_refused_before_any_job_runs(fake_root, tmp_path):
-    out = subprocess.run([sys.executable, "run.py", "-m", "method=scratch,leep", "scale=smoke",
-                          f"paths.runs={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "run.py", "-m", "method=scratch,leep", "scale=smoke", f"paths.runs={tmp_path / 'runs'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     refused(out, "method=leep: no such option")
     assert not (tmp_path / "runs").exists()
 
@@ -145,6 +192,13 @@ def test_a_misspelt_sweep_value_is_refused_before_any_job_runs(fake_root, tmp_pa
 def test_help_is_the_suites_own_page():
     out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    for text in ("Leap", "python run.py experiment=omniglot method=leap scale=small", "+sweep=omniglot_small",
-                 "torchrun", "device=cuda", "method: finetune, finetune_single, fomaml, leap", "docs/reproduction.md"):
+    for text in (
+        "Leap",
+        "python run.py experiment=omniglot method=leap scale=small",
+        "+sweep=omniglot_small",
+        "torchrun",
+        "device=cuda",
+        "method: finetune, finetune_single, fomaml, leap",
+        "docs/reproduction.md",
+    ):
         assert text in out.stdout, text

@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end (tiny settings: this checks that they work, not how fast anything is)."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(script: str, out: Path, *args: str) -> dict:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args, "--out", str(out)], check=True,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args, "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return json.loads(out.read_text())
 
 
 def test_bench_leap_runs_and_its_paths_agree(tmp_path):
-    res = bench("bench_leap.py", tmp_path / "leap.json", "--steps", "6", "--reps", "2", "--tasks", "2",
-                "--batched-steps", "3")
+    res = bench(
+        "bench_leap.py", tmp_path / "leap.json", "--steps", "6", "--reps", "2", "--tasks", "2", "--batched-steps", "3"
+    )
     o = res["overhead"]
     assert res["commit"] and o["reps"] == 2
     for key in ("plain_task_steps_per_s", "flat_task_steps_per_s", "leap_task_steps_per_s", "own_time_pct"):
@@ -31,8 +38,20 @@ def test_bench_leap_runs_and_its_paths_agree(tmp_path):
 
 
 def test_bench_distributed_runs_ranks_and_independent_processes(tmp_path):
-    res = bench("bench_distributed.py", tmp_path / "dist.json", "--ranks", "2", "--tasks", "2", "--steps", "3",
-                "--meta-steps", "1", "--rounds", "1")
+    res = bench(
+        "bench_distributed.py",
+        tmp_path / "dist.json",
+        "--ranks",
+        "2",
+        "--tasks",
+        "2",
+        "--steps",
+        "3",
+        "--meta-steps",
+        "1",
+        "--rounds",
+        "1",
+    )
     for key in ("one_process_1_thread", "2_ranks_1_thread", "2_independent_processes_1_thread"):
         assert res[key]["task_steps_per_s"] > 0 and res[key]["rounds"] == 1
     assert res["scaling_vs_best_single_2_ranks"] > 0 and res["ceiling_vs_best_single_2_processes"] > 0

@@ -1,16 +1,25 @@
 """The studies' scripts end to end on tiny runs: the budget study (test-at schedule -> exported runs -> budget.csv,
 table and figure), scripts/retest.py and the protocol study across splits."""
+
 from __future__ import annotations
 
 import csv
 import hashlib
 
 import pytest
-
 from conftest import FAKE, make_cfg, script
+
 from leapbench.runner import run
 
-BUDGET = ["scale=smoke", "scale.name=budget", *FAKE, "data.num_heldout=3", "train.val_every=null", "train.meta_steps=3", "train.test_at=[1,2]"]
+BUDGET = [
+    "scale=smoke",
+    "scale.name=budget",
+    *FAKE,
+    "data.num_heldout=3",
+    "train.val_every=null",
+    "train.meta_steps=3",
+    "train.test_at=[1,2]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +46,10 @@ def digest(path) -> str:
 def test_one_row_per_method_budget_and_seed(study):
     rows = list(csv.DictReader((study / "budget.csv").open()))
     got = sorted((r["method"], int(r["budget"]), int(r["seed"])) for r in rows)
-    want = sorted([(m, b, s) for m in ("leap", "reptile") for b in (2, 4, 6) for s in (0, 1, 2)]
-                  + [("scratch", 0, s) for s in (0, 1, 2)])
+    want = sorted(
+        [(m, b, s) for m in ("leap", "reptile") for b in (2, 4, 6) for s in (0, 1, 2)]
+        + [("scratch", 0, s) for s in (0, 1, 2)]
+    )
     assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); the tagged run left out
     assert all(r["split_seed"] == r["seed"] and r["commit"] and r["command"].startswith("python run.py") for r in rows)
     assert len(list((study / "runs").glob("*/summary.json"))) == 9
@@ -58,21 +69,53 @@ def test_retest_reproduces_a_run_and_changes_only_what_it_is_told(runs, tmp_path
     leap = runs / "omniglot" / "leap" / "budget" / "n2-s1"
     script("scripts/retest.py", str(leap), "--set", "eval.stop_on=heldout", "--out", str(tmp_path / "same.csv"))
     (same,) = csv.DictReader((tmp_path / "same.csv").open())
-    assert (same["error"], same["auc"], same["steps"]) == (same["recorded_error"], same["recorded_auc"], same["recorded_steps"])
+    assert (same["error"], same["auc"], same["steps"]) == (
+        same["recorded_error"],
+        same["recorded_auc"],
+        same["recorded_steps"],
+    )
     assert same["run"] == "omniglot/leap/budget/n2-s1"  # no machine paths in the output
-    script("scripts/retest.py", str(leap), "--set", "eval.stop_on=val", "--set", "eval.val_per_class=1",
-           "--out", str(tmp_path / "val.csv"))
+    script(
+        "scripts/retest.py",
+        str(leap),
+        "--set",
+        "eval.stop_on=val",
+        "--set",
+        "eval.val_per_class=1",
+        "--out",
+        str(tmp_path / "val.csv"),
+    )
     (val,) = csv.DictReader((tmp_path / "val.csv").open())
-    assert val["overrides"] == "eval.stop_on=val eval.val_per_class=1" and val["auc"] != same["auc"]  # fewer training images
+    assert (
+        val["overrides"] == "eval.stop_on=val eval.val_per_class=1" and val["auc"] != same["auc"]
+    )  # fewer training images
 
 
 @pytest.mark.slow
 def test_protocol_study_across_splits(tmp_path, fake_root):
     """scripts/protocol_study.py on tiny runs: every rule x augmentation x split, the bias table, and a rerun that
     finds every cell exported and runs nothing."""
-    tiny = [f"paths.data={fake_root}", f"paths.cache={tmp_path / 'cache'}", *FAKE, "data.num_heldout=3", "model.filters=4",
-            "eval.steps=5", "eval.max_steps=20", "eval.eval_every=5", "eval.patience=1", "eval.val_per_class=1"]
-    args = ["scripts/protocol_study.py", "--seeds", "0,1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    tiny = [
+        f"paths.data={fake_root}",
+        f"paths.cache={tmp_path / 'cache'}",
+        *FAKE,
+        "data.num_heldout=3",
+        "model.filters=4",
+        "eval.steps=5",
+        "eval.max_steps=20",
+        "eval.eval_every=5",
+        "eval.patience=1",
+        "eval.val_per_class=1",
+    ]
+    args = [
+        "scripts/protocol_study.py",
+        "--seeds",
+        "0,1",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     script(*args, *tiny)
     rows = list(csv.DictReader((tmp_path / "out" / "protocol.csv").open()))
     assert len(rows) == 3 * 3 * 2 and {r["split_seed"] for r in rows} == {"0", "1"}

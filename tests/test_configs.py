@@ -1,4 +1,5 @@
 """Every experiment x method x scale composes and instantiates; bad names and values fail clearly."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,13 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import FAKE, ROOT, make_cfg
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import FAKE, ROOT, make_cfg
+from leapbench import registry
 from leapbench.errors import ConfigError
 from leapbench.methods.base import MetaLearner
-from leapbench import registry
 from leapbench.runner import build, method_node, run, validate
 
 EXPERIMENTS = ["omniglot"]
@@ -24,8 +25,9 @@ SCALES = ["paper", "small", "smoke", "budget"]
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_config_composes_and_instantiates(experiment, method, scale, fake_root, tmp_path):
-    cfg = make_cfg(f"experiment={experiment}", f"method={method}", f"scale={scale}", *FAKE,
-                   tmp_path=tmp_path, data_root=fake_root)
+    cfg = make_cfg(
+        f"experiment={experiment}", f"method={method}", f"scale={scale}", *FAKE, tmp_path=tmp_path, data_root=fake_root
+    )
     assert cfg.method.name == method and cfg.scale.name == scale
     assert cfg.run_dir.endswith(f"{experiment}/{method}/{scale}/n2-s0")
     data = build(cfg.data)
@@ -55,22 +57,29 @@ def test_schema_accepts_every_composed_config(experiment, scale):
             validate(cfg)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["inner.optimizer._target_=torch.optim.Adagrad", "+inner.optimizer.lr_decay=0.01"],  # any torch.optim argument
-    ["+inner.optimizer.momentum=0.9", "+method.meta_optimizer.weight_decay=1e-4"],
-    ["tag=2"], ["threads=1", "device=cpu", "data.split_seed=0", "train.test_at=[4,8]", "logger=wandb"],
-    ["experiment=multicv", "heldout=svhn"], ["experiment=atari", "data.pretrain=[pong,qbert]"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["inner.optimizer._target_=torch.optim.Adagrad", "+inner.optimizer.lr_decay=0.01"],  # any torch.optim argument
+        ["+inner.optimizer.momentum=0.9", "+method.meta_optimizer.weight_decay=1e-4"],
+        ["tag=2"],
+        ["threads=1", "device=cpu", "data.split_seed=0", "train.test_at=[4,8]", "logger=wandb"],
+        ["experiment=multicv", "heldout=svhn"],
+        ["experiment=atari", "data.pretrain=[pong,qbert]"],
+    ],
+)
 def test_schema_accepts_valid_overrides(overrides):
     validate(make_cfg(*overrides))
 
 
 def test_wandb_groups_a_cells_seeds():
-    """W&B groups the runs of one cell (experiment / method / scale / cell), so its UI shows a cell's mean over seeds."""
+    """W&B groups the runs of one cell (experiment / method / scale / cell): its UI shows a cell's mean over seeds."""
     groups = {make_cfg("logger=wandb", "scale=small", f"seed={s}").logger.group for s in (0, 1)}
     assert groups == {"omniglot/leap/small/n20"}
-    assert make_cfg("logger=wandb", "experiment=multicv", "method=finetune", "tag=-x").logger.group == \
-        "multicv/finetune/paper/cifar10-x"
+    assert (
+        make_cfg("logger=wandb", "experiment=multicv", "method=finetune", "tag=-x").logger.group
+        == "multicv/finetune/paper/cifar10-x"
+    )
 
 
 def test_paper_hyperparameters():
@@ -78,7 +87,12 @@ def test_paper_hyperparameters():
     leap = make_cfg("method=leap")
     assert (leap.method.norm, leap.method.loss, leap.method.stabilizer) == (True, True, True)
     assert leap.method.meta_optimizer.lr == 0.1 and leap.inner.optimizer.lr == 0.1
-    assert (leap.inner.steps, leap.inner.batch_size, leap.train.meta_batch_size, leap.train.meta_steps) == (100, 20, 20, 1000)
+    assert (leap.inner.steps, leap.inner.batch_size, leap.train.meta_batch_size, leap.train.meta_steps) == (
+        100,
+        20,
+        20,
+        1000,
+    )
     assert make_cfg("method=reptile").method.meta_optimizer.lr == 0.01
     assert make_cfg("method=fomaml").method.meta_optimizer.lr == 0.1
     for m in ("finetune", "finetune_single"):
@@ -90,7 +104,9 @@ def test_paper_hyperparameters():
 
 def test_omniglot_grids_have_table_1_rows():
     """The paper grid sweeps exactly Table 1's rows, methods and 10 seeds; the reduced grid a subset of the rows."""
-    rows = [int(line.split(",")[0]) for line in (ROOT / "results" / "paper" / "table1.csv").read_text().splitlines()[1:]]
+    rows = [
+        int(line.split(",")[0]) for line in (ROOT / "results" / "paper" / "table1.csv").read_text().splitlines()[1:]
+    ]
     methods = (ROOT / "results" / "paper" / "table1.csv").read_text().splitlines()[0].split(",")[1:]
 
     def params(name):
@@ -138,21 +154,27 @@ def test_unknown_target_is_an_error():
         build(make_cfg("method=leap", "method._target_=leapbench.methods.nope.Nope").method)
 
 
-@pytest.mark.parametrize("override, match", [
-    ("inner.optimizer.lr=-0.1", "inner.optimizer.lr"),
-    ("method.meta_optimizer.lr=0", "meta_optimizer.lr"),
-    ("train.meta_batch_size=0", "meta_batch_size"),
-    ("inner.steps=0", "inner.steps"),
-    ("data.num_pretrain=3", "num_pretrain"),  # the fake tree has 2 pretraining alphabets
-    ("data.augment=flip", "data.augment"),
-    ("eval.mode=forever", "eval.mode=forever is not allowed"),
-    ("eval.max_steps=2", "eval.max_steps=2 must be >= steps=5"),
-    ("train.val_metric=loss", "val_metric"),
-    ("device=tpu", "device=tpu is not allowed; choose cpu, cuda or cuda:N"),
-    ("device=cuda:x", "device=cuda:x is not allowed"),
-    pytest.param("device=cuda", "sees no CUDA GPU; run with device=cpu",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("inner.optimizer.lr=-0.1", "inner.optimizer.lr"),
+        ("method.meta_optimizer.lr=0", "meta_optimizer.lr"),
+        ("train.meta_batch_size=0", "meta_batch_size"),
+        ("inner.steps=0", "inner.steps"),
+        ("data.num_pretrain=3", "num_pretrain"),  # the fake tree has 2 pretraining alphabets
+        ("data.augment=flip", "data.augment"),
+        ("eval.mode=forever", "eval.mode=forever is not allowed"),
+        ("eval.max_steps=2", "eval.max_steps=2 must be >= steps=5"),
+        ("train.val_metric=loss", "val_metric"),
+        ("device=tpu", "device=tpu is not allowed; choose cpu, cuda or cuda:N"),
+        ("device=cuda:x", "device=cuda:x is not allowed"),
+        pytest.param(
+            "device=cuda",
+            "sees no CUDA GPU; run with device=cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
+    ],
+)
 def test_bad_values_fail_before_any_work(override, match, fake_root, tmp_path):
     cfg = make_cfg("method=leap", "scale=smoke", *FAKE, override, tmp_path=tmp_path, data_root=fake_root)
     with pytest.raises(ConfigError, match=match):
@@ -161,9 +183,22 @@ def test_bad_values_fail_before_any_work(override, match, fake_root, tmp_path):
 
 
 def cli(*args: str, fake_root, runs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", "scale=smoke", *FAKE, *args, f"paths.data={fake_root}",
-                           f"paths.runs={runs}", f"paths.cache={runs}/../cache", "progress=false"],
-                          cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "scale=smoke",
+            *FAKE,
+            *args,
+            f"paths.data={fake_root}",
+            f"paths.runs={runs}",
+            f"paths.cache={runs}/../cache",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_cli_bad_value_exits_2_with_message(fake_root, tmp_path):
@@ -193,8 +228,15 @@ def test_instantiate_uses_targets_only():
 
 def test_meta_optimizer_is_any_torch_optimizer(fake_root, tmp_path):
     """Adam (Multi-CV's meta-optimizer) in place of SGD, from the command line alone."""
-    cfg = make_cfg("method=leap", "scale=smoke", *FAKE, "method.meta_optimizer._target_=torch.optim.Adam",
-                   "method.meta_optimizer.lr=0.01", tmp_path=tmp_path, data_root=fake_root)
+    cfg = make_cfg(
+        "method=leap",
+        "scale=smoke",
+        *FAKE,
+        "method.meta_optimizer._target_=torch.optim.Adam",
+        "method.meta_optimizer.lr=0.01",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     learner = build(method_node(cfg))
     inner = build(cfg.inner)
     learner.setup(build(cfg.model), inner, 2)

@@ -1,4 +1,5 @@
 """Omniglot loading, splits and augmentation, on the real images and on a synthetic tree."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import DATA, make_cfg
 from test_configs import METHODS
+
 from leapbench.data.omniglot import Omniglot, _affine, make_augment
 from leapbench.errors import ConfigError, DataError
 
@@ -20,7 +21,9 @@ def load(num_pretrain, cache, **kw):
 @pytest.mark.data
 def test_fixed_split_invariants(shared_cache):
     splits = {n: load(n, shared_cache) for n in (0, 1, 5, 30)}
-    names = {n: ([t.name for t in s.pretrain], [t.name for t in s.val], [t.name for t in s.test]) for n, s in splits.items()}
+    names = {
+        n: ([t.name for t in s.pretrain], [t.name for t in s.val], [t.name for t in s.test]) for n, s in splits.items()
+    }
     tests = {tuple(v[2]) for v in names.values()}
     vals = {tuple(v[1]) for v in names.values()}
     assert len(tests) == 1 and len(vals) == 1, "test/val alphabets moved with num_pretrain"
@@ -30,8 +33,12 @@ def test_fixed_split_invariants(shared_cache):
     for n in (1, 5):
         assert names[n][0] == pre30[:n]  # pretraining tasks are a prefix of one fixed pool
     # alphabets with < 20 characters never appear
-    assert not {"Blackfoot_(Canadian_Aboriginal_Syllabics)", "Inuktitut_(Canadian_Aboriginal_Syllabics)",
-                "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Tagalog"} & set(pre30 + val + test)
+    assert not {
+        "Blackfoot_(Canadian_Aboriginal_Syllabics)",
+        "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+        "Ojibwe_(Canadian_Aboriginal_Syllabics)",
+        "Tagalog",
+    } & set(pre30 + val + test)
     t = splits[5].test[0]
     assert t.x_train.shape == (300, 1, 28, 28) and t.x_heldout.shape == (100, 1, 28, 28)
     assert torch.equal(torch.bincount(t.y_train), torch.full((20,), 15))
@@ -123,7 +130,9 @@ def test_augmentations():
     assert (out[:, :, 0, 0] == 0).any()  # the reference fills exposed corners with 0 (black)
     rot, rot_heldout = make_augment("rotate36")
     out = rot(x, g)
-    assert not rot_heldout and (out.sum((1, 2, 3)) == x.sum((1, 2, 3))).float().mean() > 0.2  # 90-degree multiples keep mass
+    assert (
+        not rot_heldout and (out.sum((1, 2, 3)) == x.sum((1, 2, 3))).float().mean() > 0.2
+    )  # 90-degree multiples keep mass
     assert (out[:, :, 0, 0] == 1).all()  # background fill
     assert make_augment("none") == (None, False)
     with pytest.raises(ConfigError):

@@ -5,6 +5,7 @@ everything is bitwise equal; with 3 tasks (rank 0 trains two, rank 1 one) the su
 meta-step agrees to float rounding. (Over several meta-steps a tiny network amplifies rounding chaotically,
 so the uneven case is compared after one step.)
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAKE, ROOT, make_cfg
+
 from leapbench.runner import build
 
 # No early stopping: init.pt is the last meta-step's initialization.
@@ -24,11 +25,27 @@ ARGS = ["scale=smoke", *FAKE, "train.early_stopping=false", "inner.steps=8", "pr
 
 def launch(ranks: int, method: str, runs: Path, fake_root: Path, *extra: str) -> Path:
     """``ranks=0``: a plain ``python run.py``; otherwise torchrun with ``ranks`` processes."""
-    prefix = [sys.executable] if ranks == 0 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  f"--nproc_per_node={ranks}"]
-    out = subprocess.run([*prefix, "run.py", f"method={method}", *ARGS, *extra, f"paths.data={fake_root}",
-                          f"paths.runs={runs}", f"paths.cache={runs.parent / 'cache'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    prefix = (
+        [sys.executable]
+        if ranks == 0
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    )
+    out = subprocess.run(
+        [
+            *prefix,
+            "run.py",
+            f"method={method}",
+            *ARGS,
+            *extra,
+            f"paths.data={fake_root}",
+            f"paths.runs={runs}",
+            f"paths.cache={runs.parent / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("test error") == 1  # rank 0 alone reports
     return runs / "omniglot" / method / "smoke" / "n2-s0"
@@ -67,8 +84,23 @@ def test_two_ranks_equal_one_process(method, tmp_path, fake_root):
 
 @pytest.mark.slow
 def test_finetune_refuses_task_parallel(tmp_path, fake_root):
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "run.py", "method=finetune", *ARGS, f"paths.data={fake_root}", f"paths.runs={tmp_path}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "run.py",
+            "method=finetune",
+            *ARGS,
+            f"paths.data={fake_root}",
+            f"paths.runs={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode != 0 and "no task-parallel mode" in out.stderr
     assert not [p for p in tmp_path.rglob("*") if p.name in ("metrics.jsonl", "summary.json", ".lock")]

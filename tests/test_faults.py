@@ -1,5 +1,6 @@
 """Injected faults: a diverging task under the skip policy, failed writes, two jobs in one directory, and a
 SLURM-style requeue through submitit's local executor. Each test fails without the behaviour it names."""
+
 from __future__ import annotations
 
 import errno
@@ -16,16 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAKE, ROOT, make_cfg
+from test_methods import net, toy_task
+from test_resume import train_steps
+
 from leapbench.errors import ConfigError, WriteError
 from leapbench.inner import DivergenceError, Inner
 from leapbench.methods.flat import flat_params
 from leapbench.methods.leap import Leap
 from leapbench.rundir import LOCK
 from leapbench.runner import run
-from test_methods import net, toy_task
-from test_resume import train_steps
 
 
 def poisoned(task):
@@ -124,9 +125,23 @@ def test_unwritable_runs_folder_exits_2_with_the_fix(fake_root, tmp_path):
     """paths.runs under a regular file (as unwritable as a read-only mount, even for root): exit 2, one message."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    out = subprocess.run([sys.executable, "run.py", "method=scratch", "scale=smoke", *FAKE, f"paths.data={fake_root}",
-                          f"paths.runs={blocker / 'runs'}", f"paths.cache={tmp_path / 'cache'}", "progress=false"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "method=scratch",
+            "scale=smoke",
+            *FAKE,
+            f"paths.data={fake_root}",
+            f"paths.runs={blocker / 'runs'}",
+            f"paths.cache={tmp_path / 'cache'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "error: Could not write" in out.stderr and "paths.runs" in out.stderr
 
@@ -148,10 +163,26 @@ def test_second_job_in_the_same_directory_is_refused(fake_root, tmp_path):
 
 def test_concurrent_sweep_jobs_aimed_at_one_directory(fake_root, tmp_path):
     """A real joblib sweep over a key the run name omits: one job runs, the other stops with the lock message."""
-    out = subprocess.run([sys.executable, "run.py", "-m", "launcher=joblib", "method=scratch", "scale=smoke", *FAKE,
-                          "eval.max_steps=400", "inner.optimizer.lr=0.1,0.11", f"paths.data={fake_root}",
-                          f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "launcher=joblib",
+            "method=scratch",
+            "scale=smoke",
+            *FAKE,
+            "eval.max_steps=400",
+            "inner.optimizer.lr=0.1,0.11",
+            f"paths.data={fake_root}",
+            f"paths.runs={tmp_path / 'runs'}",
+            f"paths.cache={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode != 0  # the refused job fails the sweep, after the other job finished
     # Normally the lock refuses the second job; if the first had already finished, its config check does.
     assert "is in use by pid" in out.stderr or "holds a finished run with a different config" in out.stderr
@@ -163,13 +194,32 @@ def test_concurrent_sweep_jobs_aimed_at_one_directory(fake_root, tmp_path):
 def test_submitit_requeue_resumes_from_the_checkpoint(fake_root, tmp_path):
     """A preempted submitit job (the SLURM path on the local executor: SIGUSR2, checkpoint, requeue) resumes its
     run from the checkpoint; the result equals an uninterrupted run's, bitwise, with every metrics row once."""
-    args = ["method=leap", "scale=smoke", *FAKE, "train.meta_steps=12", "train.val_every=4", "inner.steps=20",
-            f"paths.data={fake_root}", f"paths.cache={tmp_path / 'cache'}", "progress=false", "threads=1"]
-    subprocess.run([sys.executable, "run.py", *args, f"paths.runs={tmp_path / 'ref'}"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=600)
-    sweep = subprocess.Popen([sys.executable, "run.py", "-m", "launcher=submitit_local", *args,
-                              f"paths.runs={tmp_path / 'runs'}"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    args = [
+        "method=leap",
+        "scale=smoke",
+        *FAKE,
+        "train.meta_steps=12",
+        "train.val_every=4",
+        "inner.steps=20",
+        f"paths.data={fake_root}",
+        f"paths.cache={tmp_path / 'cache'}",
+        "progress=false",
+        "threads=1",
+    ]
+    subprocess.run(
+        [sys.executable, "run.py", *args, f"paths.runs={tmp_path / 'ref'}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "run.py", "-m", "launcher=submitit_local", *args, f"paths.runs={tmp_path / 'runs'}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     run_dir = tmp_path / "runs" / "omniglot" / "leap" / "smoke" / "n2-s0"
     preempt_at, deadline = random.Random().randint(2, 8), time.time() + 300
     while time.time() < deadline and sweep.poll() is None:
@@ -196,8 +246,16 @@ def test_resumed_run_continues_the_same_wandb_run(fake_root, tmp_path, monkeypat
     import hashlib
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = make_cfg("method=leap", "scale=smoke", "logger=wandb", *FAKE, "train.meta_steps=4", "train.val_every=null",
-                   tmp_path=tmp_path, data_root=fake_root)
+    cfg = make_cfg(
+        "method=leap",
+        "scale=smoke",
+        "logger=wandb",
+        *FAKE,
+        "train.meta_steps=4",
+        "train.val_every=null",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     real_train, calls = Inner.train, []
 
     def crash_in_meta_step_3(self, model, task, generator, **kw):
@@ -224,8 +282,18 @@ def test_synced_history_of_a_crashed_and_resumed_run_holds_every_step_once(fake_
     import sync_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = make_cfg("method=leap", "scale=smoke", "logger=wandb", *FAKE, "train.meta_steps=4", "train.val_every=2",
-                   "train.ckpt_every=2", "eval.steps=5", tmp_path=tmp_path, data_root=fake_root)
+    cfg = make_cfg(
+        "method=leap",
+        "scale=smoke",
+        "logger=wandb",
+        *FAKE,
+        "train.meta_steps=4",
+        "train.val_every=2",
+        "train.ckpt_every=2",
+        "eval.steps=5",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     real_step, calls = Leap.meta_step, []
 
     def crash_in_meta_step_4(self, tasks, generator):
@@ -239,7 +307,7 @@ def test_synced_history_of_a_crashed_and_resumed_run_holds_every_step_once(fake_
         run(cfg)
     monkeypatch.setattr(Leap, "meta_step", real_step)
     assert run(cfg)["status"] == "finished"
-    (run_dir, segs), = sync_wandb.segments(tmp_path).items()
+    ((run_dir, segs),) = sync_wandb.segments(tmp_path).items()
     assert run_dir == Path(cfg.run_dir) and len(segs) == 2
     first = sync_wandb.history(segs[0])
     assert [int(r["meta_step"]) for r in first] == [0, 1, 2, 2]  # val 0, train 1-2, val 2: not train 3
@@ -249,10 +317,20 @@ def test_synced_history_of_a_crashed_and_resumed_run_holds_every_step_once(fake_
     assert [int(r["meta_step"]) for r in synced[:-1]] == [r["meta_step"] for r in rows]
     table = [any(k.startswith("curves/") for k in r) for r in synced]
     assert table == [False] * len(rows) + [True]
-    artifacts = [(r.artifact.type, r.artifact.name) for seg in segs for f in seg.glob("run-*.wandb")
-                 for r in sync_wandb.records(f) if r.WhichOneof("record_type") == "artifact"]
+    artifacts = [
+        (r.artifact.type, r.artifact.name)
+        for seg in segs
+        for f in seg.glob("run-*.wandb")
+        for r in sync_wandb.records(f)
+        if r.WhichOneof("record_type") == "artifact"
+    ]
     assert [a for a in artifacts if a[0] == "model"] == [("model", f"init-{segs[0].name.split('-')[-1]}")]
     assert len(artifacts) <= 2  # the model and, at most, the one curves table
-    out = subprocess.run([sys.executable, "scripts/sync_wandb.py", str(tmp_path), "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "scripts/sync_wandb.py", str(tmp_path), "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.index(segs[0].name) < out.index(segs[1].name)

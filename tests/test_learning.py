@@ -1,10 +1,11 @@
 """Leap learns: on real Omniglot, a few minutes of meta-training give held-out alphabets a lower
 training-error AUC than the random initialization it started from (same seed, split and batches)."""
+
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_cfg
+
 from leapbench.runner import run
 
 # scale=small (Conv4 with 32 filters, meta-batch 5) for 16 meta-steps; AUC over the first 100 adaptation steps.

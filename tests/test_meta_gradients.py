@@ -4,6 +4,7 @@ The hand-computed cases use a 1-parameter quadratic task f(w) = (w - c)^2 / 2 tr
 every iterate, loss and gradient is a short decimal (worked out in the comments). ``QuadraticInner`` drives
 the real method classes through the same hook protocol as the supervised inner loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,6 +64,7 @@ def leap_path(request, monkeypatch):
     and flat copies of psi^i."""
     monkeypatch.setattr(Leap, "shortcut", request.param)
 
+
 # lr 0.5, c = 1: w = 0, .5, .75 (.875 after the 3rd step); f = .5, .125, .03125; g = -1, -.5, -.25
 # lr 0.5, c = 2: w = 0, 1, 1.5 (1.75);                     f = 2, .5, .125;       g = -2, -1, -.5
 # Leap (energy, loss, stabilizer), segments i = 0, 1:  -(dw) + |df| g
@@ -117,7 +119,9 @@ def test_increment_vector_case():
     torch.testing.assert_close(increment(prev, curr, 3.0, 2.0, g, loss=False), torch.tensor([0.0, 1.0]))
     # a loss increase (df = +1): the stabilizer makes it -1, the same as a decrease; without it the sign flips
     torch.testing.assert_close(increment(prev, curr, 2.0, 3.0, g, norm=False), torch.tensor([1.0, 2.0]))
-    torch.testing.assert_close(increment(prev, curr, 2.0, 3.0, g, norm=False, stabilizer=False), torch.tensor([-1.0, 2.0]))
+    torch.testing.assert_close(
+        increment(prev, curr, 2.0, 3.0, g, norm=False, stabilizer=False), torch.tensor([-1.0, 2.0])
+    )
     # no movement and no loss change: a zero increment, not NaN
     assert torch.equal(increment(prev, prev, 1.0, 1.0, g), torch.zeros(2))
 

@@ -1,4 +1,5 @@
 """Methods on the real inner loop: streamed Leap equals eq. 8 over a stored trajectory; fine-tuning heads."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 from leapbench.errors import ConfigError
 from leapbench.inner import Inner
 from leapbench.methods.base import task_seeds
-from leapbench.methods.flat import flat_grads, flat_params, is_channels_last, set_grads
 from leapbench.methods.finetune import Finetune
+from leapbench.methods.flat import flat_grads, flat_params, is_channels_last, set_grads
 from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap
 from leapbench.methods.reptile import Reptile
@@ -48,8 +49,14 @@ def test_streamed_leap_equals_stored_trajectory():
     seeds, ref = task_seeds(len(tasks), torch.Generator().manual_seed(7)), torch.zeros_like(theta0)
     for task, seed in zip(tasks, seeds):
         model, traj = net(), []
-        inner.train(model, task, torch.Generator().manual_seed(seed), hook=lambda i, loss, m: traj.append(
-            (flat_params(list(m.parameters())), loss, flat_grads(list(m.parameters())))))
+        inner.train(
+            model,
+            task,
+            torch.Generator().manual_seed(seed),
+            hook=lambda i, loss, m: traj.append(
+                (flat_params(list(m.parameters())), loss, flat_grads(list(m.parameters())))
+            ),
+        )
         for (p0, f0, g0), (p1, f1, _) in zip(traj, traj[1:]):
             dp, df = p1 - p0, -abs(f1 - f0)
             ref += (-dp - df * g0) / torch.sqrt(dp @ dp + df**2)
@@ -63,7 +70,10 @@ def test_leap_restarts_every_task_from_theta0_with_fresh_batchnorm():
     leap.setup(net(), inner, 1)
     buffers0 = {k: v.clone() for k, v in leap.model.state_dict().items() if "running" in k}
     seen = []
-    leap.begin_task = lambda theta0: (seen.append(copy.deepcopy(leap.work.state_dict())), Leap.begin_task(leap, theta0))[1]
+    leap.begin_task = lambda theta0: (
+        seen.append(copy.deepcopy(leap.work.state_dict())),
+        Leap.begin_task(leap, theta0),
+    )[1]
     leap.meta_step([toy_task(1), toy_task(2)], torch.Generator().manual_seed(0))
     for state in seen:  # each task starts at theta^0 (pre-update) with initial running statistics
         for k, v in buffers0.items():
@@ -135,7 +145,7 @@ def test_flat_vectors_line_up_on_channels_last_weights():
     assert torch.equal(flat_grads(params), 3 * flat_params(params))
     start = sum(p.numel() for p in params[:4])  # conv1 weight and bias, BatchNorm weight and bias come first
     assert params[4] is conv2
-    segment = flat_params(params)[start:start + conv2.numel()]
+    segment = flat_params(params)[start : start + conv2.numel()]
     assert torch.equal(segment, conv2.detach().permute(0, 2, 3, 1).reshape(-1))  # NHWC: its memory order
     flat = torch.randn(flat_params(params).numel())
     set_grads(params, flat)
@@ -171,8 +181,11 @@ def test_leap_sgd_shortcut_equals_the_general_path(kw, monkeypatch):
 
 
 def test_leap_sgd_shortcut_is_off_where_the_segment_is_not_minus_lr_grad():
-    for opt in (partial(torch.optim.SGD, lr=0.3, momentum=0.9), partial(torch.optim.SGD, lr=0.3, weight_decay=1e-4),
-                partial(torch.optim.Adam, lr=0.3)):
+    for opt in (
+        partial(torch.optim.SGD, lr=0.3, momentum=0.9),
+        partial(torch.optim.SGD, lr=0.3, weight_decay=1e-4),
+        partial(torch.optim.Adam, lr=0.3),
+    ):
         leap = Leap("leap", partial(torch.optim.SGD, lr=0.1))
         leap.setup(net(), Inner(opt, steps=2, batch_size=8), 1)
         assert leap.sgd_lr is None
@@ -192,8 +205,12 @@ def test_leap_sgd_shortcut_refuses_an_inner_loop_that_replaces_its_gradients():
     leap.setup(net(), Inner(partial(torch.optim.SGD, lr=0.3), steps=2, batch_size=8), 1)
     state = leap.begin_task(flat_params(leap.params))
     with pytest.raises(RuntimeError, match="before_backward"):
-        leap.inner.train(leap.work, toy_task(1), torch.Generator(),  # no zero_grad: the process releases them
-                         hook=lambda step, loss, m: leap.observe(state, Step(step, loss, None, None, None)))
+        leap.inner.train(
+            leap.work,
+            toy_task(1),
+            torch.Generator(),  # no zero_grad: the process releases them
+            hook=lambda step, loss, m: leap.observe(state, Step(step, loss, None, None, None)),
+        )
 
 
 def test_inner_zero_grad_sees_the_loss_and_the_previous_gradient():
@@ -210,8 +227,13 @@ def test_inner_zero_grad_sees_the_loss_and_the_previous_gradient():
 
     model = net()
     params = list(model.parameters())
-    inner.train(model, toy_task(1), torch.Generator().manual_seed(3), zero_grad=zero_grad,
-                hook=lambda step, loss, m: hooked.append((step, loss, flat_grads(params))))
+    inner.train(
+        model,
+        toy_task(1),
+        torch.Generator().manual_seed(3),
+        zero_grad=zero_grad,
+        hook=lambda step, loss, m: hooked.append((step, loss, flat_grads(params))),
+    )
     assert [s[0] for s in seen] == [h[0] for h in hooked] == [0, 1, 2, 3]
     assert [s[1] for s in seen] == [h[1] for h in hooked]
     assert seen[0][2] is None
@@ -222,13 +244,16 @@ def test_inner_zero_grad_sees_the_loss_and_the_previous_gradient():
     assert torch.equal(flat_params(params), flat_params(list(released.parameters())))
 
 
-@pytest.mark.parametrize("make", [
-    lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=b),
-    lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), norm=False, batched=b),
-    lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), batched=b),
-    lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), last_step=True, batched=b),
-    lambda b: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.1), batched=b),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), batched=b),
+        lambda b: Leap("leap", partial(torch.optim.SGD, lr=0.1), norm=False, batched=b),
+        lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), batched=b),
+        lambda b: Reptile("reptile", partial(torch.optim.SGD, lr=0.1), last_step=True, batched=b),
+        lambda b: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.1), batched=b),
+    ],
+)
 def test_batched_tasks_equal_the_sequential_loop(make):
     """method.batched=true (torch.func.vmap over stacked per-task parameters) gives the sequential meta-step."""
     inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=6, batch_size=8)
@@ -332,10 +357,15 @@ class Stopping(Inner):
         return lambda i: i + 1 >= self.k
 
 
-@pytest.mark.parametrize("make", [lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5)),
-                                  lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5), last_step=True),
-                                  lambda: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.5)),
-                                  lambda: Leap("leap", partial(torch.optim.SGD, lr=0.5))])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5)),
+        lambda: Reptile("reptile", partial(torch.optim.SGD, lr=0.5), last_step=True),
+        lambda: FOMAML("fomaml", partial(torch.optim.SGD, lr=0.5)),
+        lambda: Leap("leap", partial(torch.optim.SGD, lr=0.5)),
+    ],
+)
 def test_tasks_that_stop_early_give_the_meta_gradient_of_their_length(make):
     """Reptile's and FOMAML's last step is the last one taken: a task that stops after K updates yields the
     meta-gradient of a fixed K-update task (float64, same batches)."""
@@ -345,8 +375,10 @@ def test_tasks_that_stop_early_give_the_meta_gradient_of_their_length(make):
         learner = make()
         learner.setup(net().double(), inner, 2)
         assert inner.fixed_steps == (7 if inner.patience is None else None)
-        learner.meta_step([Task(t.name, t.x_train.double(), t.y_train, t.x_heldout.double(), t.y_heldout) for t in tasks],
-                          torch.Generator().manual_seed(3))
+        learner.meta_step(
+            [Task(t.name, t.x_train.double(), t.y_train, t.x_heldout.double(), t.y_heldout) for t in tasks],
+            torch.Generator().manual_seed(3),
+        )
         results.append(flat_params(list(learner.model.parameters())))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-12)
 
@@ -371,13 +403,22 @@ def test_stopping_on_validation_carved_from_the_training_images():
         with_validation(task, 7)  # class 3 has only 7 training images
 
     inner = Inner(partial(torch.optim.SGD, lr=0.3), steps=4, batch_size=8)
-    on_val = Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3, stop_on="val", val_per_class=2)
+    on_val = Adaptation(
+        mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3, stop_on="val", val_per_class=2
+    )
     res = adapt(net(), task, inner, on_val, torch.Generator().manual_seed(5))
-    again = adapt(net(), carved, inner, Adaptation(mode="fixed", steps=res["best_step"]), torch.Generator().manual_seed(5))
+    again = adapt(
+        net(), carved, inner, Adaptation(mode="fixed", steps=res["best_step"]), torch.Generator().manual_seed(5)
+    )
     assert res["error"] == again["error"]
     # The paper's rule reports the best held-out error it saw: never above the error at any of its checks.
-    on_heldout = adapt(net(), task, inner, Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3),
-                       torch.Generator().manual_seed(5))
+    on_heldout = adapt(
+        net(),
+        task,
+        inner,
+        Adaptation(mode="early_stop", steps=4, max_steps=60, eval_every=2, patience=3),
+        torch.Generator().manual_seed(5),
+    )
     for k in range(2, on_heldout["steps"] + 1, 2):
         fixed = adapt(net(), task, inner, Adaptation(mode="fixed", steps=k), torch.Generator().manual_seed(5))
         assert on_heldout["error"] <= fixed["error"]

@@ -1,4 +1,5 @@
 """Multi-CV benchmark: configs, the leave-one-out data, per-task heads, epoch-capped training, runs, Table 2."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import DATA, ROOT, make_cfg, notebook_outputs, script
 from torch import nn
 
-from conftest import DATA, ROOT, make_cfg, notebook_outputs, script
 from leapbench.data.multicv import MultiCV
 from leapbench.errors import ConfigError, DataError
 from leapbench.evaluation import Adaptation, adapt, auc, thin
@@ -20,8 +21,10 @@ from leapbench.tasks import Task
 
 METHODS = ["leap", "finetune", "scratch"]
 SMOKE = ("experiment=multicv", "scale=smoke")
-needs_data = pytest.mark.skipif(not (DATA / "MNIST").is_dir() or not (DATA / "facescrub").is_dir(),
-                                reason="needs the shared Multi-CV copies under LEAP_DATA_DIR")
+needs_data = pytest.mark.skipif(
+    not (DATA / "MNIST").is_dir() or not (DATA / "facescrub").is_dir(),
+    reason="needs the shared Multi-CV copies under LEAP_DATA_DIR",
+)
 
 
 def sgd(lr: float):
@@ -66,11 +69,14 @@ def test_omniglot_keeps_its_own_method_values(tmp_path):
     assert make_cfg("method=finetune", tmp_path=tmp_path).inner.optimizer.lr == 0.01
 
 
-@pytest.mark.parametrize("override, match", [
-    ("heldout=svhnx", "Unknown Multi-CV dataset 'svhnx'"),
-    ("heldout=svhn", "not among data.datasets"),  # the smoke preset has four datasets
-    ("data.val_fraction=1.5", "val_fraction"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("heldout=svhnx", "Unknown Multi-CV dataset 'svhnx'"),
+        ("heldout=svhn", "not among data.datasets"),  # the smoke preset has four datasets
+        ("data.val_fraction=1.5", "val_fraction"),
+    ],
+)
 def test_bad_data_values(override, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         build(make_cfg(*SMOKE, override, tmp_path=tmp_path).data)
@@ -96,9 +102,13 @@ def test_reptile_and_fomaml_run_with_tasks_that_stop_early(method, tmp_path):
 
 
 @needs_data
-@pytest.mark.parametrize("method, match", [
-    ("reptile method.batched=true", "with method.batched=true needs every task to train for exactly inner.steps"),
-    ("finetune_single", "needs tasks that share one output layer")])
+@pytest.mark.parametrize(
+    "method, match",
+    [
+        ("reptile method.batched=true", "with method.batched=true needs every task to train for exactly inner.steps"),
+        ("finetune_single", "needs tasks that share one output layer"),
+    ],
+)
 def test_methods_that_do_not_fit_refuse(method, match, tmp_path):
     cfg = make_cfg(*SMOKE, *f"method={method}".split(), tmp_path=tmp_path)
     with pytest.raises(ConfigError, match=match):
@@ -110,7 +120,10 @@ def test_methods_that_do_not_fit_refuse(method, match, tmp_path):
 @needs_data
 def test_leave_one_out_split():
     data = MultiCV(str(DATA), heldout="mnist", datasets=["facescrub", "mnist", "gtsrb"], max_train=300, max_test=100)
-    assert [t.name for t in data.pretrain] == ["facescrub", "gtsrb"] and [t.head for t in data.pretrain] == ["facescrub", "gtsrb"]
+    assert [t.name for t in data.pretrain] == ["facescrub", "gtsrb"] and [t.head for t in data.pretrain] == [
+        "facescrub",
+        "gtsrb",
+    ]
     (test,) = data.test
     assert test.name == test.head == "mnist" and data.val == []
     assert data.model_kwargs == {"heads": {"facescrub": 20, "mnist": 10, "gtsrb": 43}}
@@ -188,14 +201,23 @@ def test_epoch_cap_and_validation_early_stopping():
 
 def test_adaptation_in_epochs_with_auc_over_the_whole_curve():
     task = synthetic(n=64, val=16)
-    run_ = adapt(linear(), task, Inner(sgd(0.1), 1, 32), Adaptation(mode="early_stop", epochs=True, steps=1,
-                                                                   max_steps=4, eval_every=1, patience=99,
-                                                                   auc_all=True, stop_on="val"), torch.Generator())
+    run_ = adapt(
+        linear(),
+        task,
+        Inner(sgd(0.1), 1, 32),
+        Adaptation(
+            mode="early_stop", epochs=True, steps=1, max_steps=4, eval_every=1, patience=99, auc_all=True, stop_on="val"
+        ),
+        torch.Generator(),
+    )
     assert run_["steps"] == 8 and run_["auc"] == pytest.approx(auc(run_["curve"]), abs=0.01)
-    first = adapt(linear(), task, Inner(sgd(0.1), 1, 32), Adaptation(mode="early_stop", epochs=True, steps=1,
-                                                                    max_steps=4, eval_every=1, patience=99,
-                                                                    stop_on="val"),
-                  torch.Generator())
+    first = adapt(
+        linear(),
+        task,
+        Inner(sgd(0.1), 1, 32),
+        Adaptation(mode="early_stop", epochs=True, steps=1, max_steps=4, eval_every=1, patience=99, stop_on="val"),
+        torch.Generator(),
+    )
     assert first["auc"] == pytest.approx(auc(first["curve"][:2]), abs=0.01)  # default: the first `steps` only
 
 
@@ -214,9 +236,13 @@ def test_training_from_scratch_learns_mnist():
     data = MultiCV(str(DATA), heldout="mnist", datasets=["mnist", "notmnist"], max_train=1000, max_test=500)
     torch.manual_seed(0)
     model = MultiHeadConvNet(data.heads, filters=8)
-    res = adapt(model, data.test[0], Inner(sgd(0.1), 1, 32),
-                Adaptation(mode="early_stop", epochs=True, steps=1, max_steps=3, eval_every=1, patience=3, stop_on="val"),
-                torch.Generator().manual_seed(0))
+    res = adapt(
+        model,
+        data.test[0],
+        Inner(sgd(0.1), 1, 32),
+        Adaptation(mode="early_stop", epochs=True, steps=1, max_steps=3, eval_every=1, patience=3, stop_on="val"),
+        torch.Generator().manual_seed(0),
+    )
     assert res["error"] < 30 and res["best_step"] > 0 and res["oracle_error"] <= res["error"]
 
 
@@ -249,12 +275,17 @@ def test_table2_and_notebook(runs, tmp_path, monkeypatch):
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table2.csv").write_text((ROOT / "results" / "paper" / "table2.csv").read_text())
-    text = script("scripts/make_table.py", "multicv", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    text = script(
+        "scripts/make_table.py", "multicv", "--scale", "smoke", "--collect", str(runs), "--results", str(results)
+    )
     base = results / "multicv" / "smoke"
     assert len(list(base.glob("runs/*/*/summary.json"))) == 7  # 3 methods x 2 held-out + seed 1; no tagged variant
     cells = pd.read_csv(base / "table2.csv").set_index(["heldout", "method"])
     leap = cells.loc[("mnist", "leap")]
-    errors = [json.loads((base / "runs" / "leap" / f"mnist-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
+    errors = [
+        json.loads((base / "runs" / "leap" / f"mnist-s{s}" / "summary.json").read_text())["test"]["error"]
+        for s in (0, 1)
+    ]
     assert leap["test_error_mean"] == pytest.approx(np.mean(errors), abs=1e-3) and leap["n_seeds"] == 2
     assert leap["paper_test_error"] == 0.7 and cells.loc[("cifar10", "scratch"), "paper_auc"] == 23.0
     assert "| MNIST " in text and "(0.7)" in text and "[1]" in text  # a cell with fewer seeds is marked

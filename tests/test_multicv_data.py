@@ -1,4 +1,5 @@
 """Multi-CV loaders: the shared real copies, tiny fixtures in the original on-disk formats, errors, normalize."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,9 +11,9 @@ import pytest
 import scipy.io
 import torch
 import torchvision.datasets
+from conftest import DATA
 from PIL import Image
 
-from conftest import DATA
 from leapbench.data import multicv
 from leapbench.data.multicv import DATASETS, NORM, load_arrays, normalize
 from leapbench.errors import ConfigError, DataError
@@ -243,7 +244,8 @@ def test_gtsrb_folder_layout(tmp_path):
     (base / "Final_Test" / "Images").mkdir(parents=True)
     Image.new("RGB", (50, 52), colours[42]).save(base / "Final_Test/Images/00000.ppm")
     (tmp_path / "gtsrb/GT-final_test.csv").write_text(
-        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n00000.ppm;50;52;5;5;45;47;42\n")
+        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n00000.ppm;50;52;5;5;45;47;42\n"
+    )
     a = load_arrays("gtsrb", tmp_path)
     assert a.num_classes == 43 and a.x_train.shape == (4, 32, 32, 3) and a.x_test.shape == (1, 32, 32, 3)
     assert a.y_train.tolist() == [0, 0, 42, 42] and a.y_test.tolist() == [42]
@@ -391,8 +393,9 @@ def test_normalize_grey_and_colour():
     assert torch.allclose(z[:, 0], (torch.from_numpy(g[..., 0]).float() / 255 - 0.1) / 0.2752, atol=1e-6)
     c = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     z = normalize(c, "svhn")
-    want = (torch.from_numpy(c).float().permute(0, 3, 1, 2) / 255 - torch.tensor([0.4377, 0.4438, 0.4728]).view(
-        1, 3, 1, 1)) / torch.tensor([0.198, 0.201, 0.197]).view(1, 3, 1, 1)
+    want = (
+        torch.from_numpy(c).float().permute(0, 3, 1, 2) / 255 - torch.tensor([0.4377, 0.4438, 0.4728]).view(1, 3, 1, 1)
+    ) / torch.tensor([0.198, 0.201, 0.197]).view(1, 3, 1, 1)
     assert z.shape == (4, 3, 32, 32) and torch.allclose(z, want, atol=1e-6)
     for name in DATASETS:  # every dataset has constants of the right width
         x = np.zeros((1, 32, 32, 1 if name in ("mnist", "fashionmnist", "notmnist") else 3), np.uint8)

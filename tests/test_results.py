@@ -1,12 +1,13 @@
 """From runs to committed results to Table 1 and Fig. 2: export, aggregate, draw (scripts run as a user would)."""
+
 from __future__ import annotations
 
 import json
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, make_cfg, notebook_outputs, script
+
 from leapbench.results import format_interval, mean_std
 from leapbench.runner import run
 
@@ -19,10 +20,29 @@ def runs(fake_root, tmp_path_factory):
     for method in ("leap", "reptile", "scratch"):
         for n in (1, 2):
             for seed in (0, 1):
-                run(make_cfg(f"method={method}", "scale=smoke", *SPLIT, f"data.num_pretrain={n}", f"seed={seed}",
-                             tmp_path=tmp, data_root=fake_root))
-    run(make_cfg("method=leap", "scale=smoke", *SPLIT, "data.num_pretrain=1", "tag=-variant",
-                 "inner.optimizer.lr=0.05", tmp_path=tmp, data_root=fake_root))
+                run(
+                    make_cfg(
+                        f"method={method}",
+                        "scale=smoke",
+                        *SPLIT,
+                        f"data.num_pretrain={n}",
+                        f"seed={seed}",
+                        tmp_path=tmp,
+                        data_root=fake_root,
+                    )
+                )
+    run(
+        make_cfg(
+            "method=leap",
+            "scale=smoke",
+            *SPLIT,
+            "data.num_pretrain=1",
+            "tag=-variant",
+            "inner.optimizer.lr=0.05",
+            tmp_path=tmp,
+            data_root=fake_root,
+        )
+    )
     return tmp / "runs"
 
 
@@ -30,7 +50,9 @@ def test_aggregate_and_figures(runs, tmp_path):
     results = tmp_path / "results"
     (results / "paper").mkdir(parents=True)
     (results / "paper" / "table1.csv").write_text((ROOT / "results" / "paper" / "table1.csv").read_text())
-    text = script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--collect", str(runs), "--results", str(results))
+    text = script(
+        "scripts/make_table.py", "omniglot", "--scale", "smoke", "--collect", str(runs), "--results", str(results)
+    )
     base = results / "omniglot" / "smoke"
     exported = sorted(p.parent.relative_to(base / "runs").as_posix() for p in base.glob("runs/*/*/summary.json"))
     assert len(exported) == 12 and "leap/n1-s0-variant" not in exported  # tagged variants are not cells
@@ -41,16 +63,26 @@ def test_aggregate_and_figures(runs, tmp_path):
     runs_csv = pd.read_csv(base / "runs.csv")
     assert len(runs_csv) == 12 and set(runs_csv["label"]) == {"Leap", "Reptile", "No pretraining"}
     cell = pd.read_csv(base / "table1.csv").query("method == 'leap' and num_pretrain == 1").iloc[0]
-    errors = [json.loads((base / "runs" / "leap" / f"n1-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
+    errors = [
+        json.loads((base / "runs" / "leap" / f"n1-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)
+    ]
     mu, sd = mean_std(errors)
-    assert cell["test_error_mean"] == pytest.approx(mu, abs=1e-3) and cell["test_error_std"] == pytest.approx(sd, abs=1e-3)
+    assert cell["test_error_mean"] == pytest.approx(mu, abs=1e-3) and cell["test_error_std"] == pytest.approx(
+        sd, abs=1e-3
+    )
     assert cell["n_seeds"] == 2 and cell["paper_test_error"] == 8.7  # the paper's 1-task Leap cell beside ours
     assert "| 1 " in text and "(8.7)" in text and "Fig. 2 (right)" in text
-    leap, scratch = ([json.loads((base / "runs" / m / f"n1-s{s}" / "summary.json").read_text())["test"]["error"]
-                      for s in (0, 1)] for m in ("leap", "scratch"))
+    leap, scratch = (
+        [json.loads((base / "runs" / m / f"n1-s{s}" / "summary.json").read_text())["test"]["error"] for s in (0, 1)]
+        for m in ("leap", "scratch")
+    )
     assert format_interval([a - b for a, b in zip(leap, scratch)]) in text  # Leap - scratch, paired by seed
-    assert pd.read_csv(base / "table1_paired.csv").query("method == 'scratch' and num_pretrain == 1 and "
-                                                         "score == 'test_error'")["n_pairs"].item() == 2
+    assert (
+        pd.read_csv(base / "table1_paired.csv")
+        .query("method == 'scratch' and num_pretrain == 1 and score == 'test_error'")["n_pairs"]
+        .item()
+        == 2
+    )
 
     script("scripts/make_figures_omniglot.py", "--scale", "smoke", "--results", str(results))
     for name in ("fig2_left", "fig2_right"):
@@ -83,4 +115,8 @@ def test_paired_runs_prints_the_paired_difference_and_exports(runs, tmp_path):
     error = {d: json.loads((d / "summary.json").read_text())["test"]["error"] for d in a + b}
     assert f"test error: {format_interval([error[x] - error[y] for x, y in zip(a, b)])} points" in text
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/summary.json")) == [
-        "leap/n1-s0/summary.json", "leap/n1-s1/summary.json", "scratch/n1-s0/summary.json", "scratch/n1-s1/summary.json"]
+        "leap/n1-s0/summary.json",
+        "leap/n1-s1/summary.json",
+        "scratch/n1-s0/summary.json",
+        "scratch/n1-s1/summary.json",
+    ]

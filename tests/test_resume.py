@@ -1,5 +1,6 @@
 """Checkpoint and resume: a run killed with SIGKILL at a random meta-step and restarted ends bitwise identical
 to an uninterrupted run, with every metrics row exactly once."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAKE, ROOT, make_cfg
+
 from leapbench.errors import ConfigError
 from leapbench.runner import run
 
@@ -22,13 +23,24 @@ ARGS = ["scale=smoke", *FAKE, "train.meta_steps=8", "train.val_every=3", "inner.
 
 
 def command(method: str, runs: Path, fake_root: Path) -> list[str]:
-    return [sys.executable, "run.py", f"method={method}", *ARGS, f"paths.data={fake_root}", f"paths.runs={runs}",
-            f"paths.cache={runs.parent / 'cache'}", "progress=false"]
+    return [
+        sys.executable,
+        "run.py",
+        f"method={method}",
+        *ARGS,
+        f"paths.data={fake_root}",
+        f"paths.runs={runs}",
+        f"paths.cache={runs.parent / 'cache'}",
+        "progress=false",
+    ]
 
 
 def train_steps(run_dir: Path) -> list[int]:
-    return [json.loads(x)["meta_step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(x)["split"] == "train"]
+    return [
+        json.loads(x)["meta_step"]
+        for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["split"] == "train"
+    ]
 
 
 @pytest.mark.parametrize("method", ["leap", "finetune"])
@@ -36,8 +48,13 @@ def test_sigkill_then_resume_is_bitwise_identical(method, tmp_path, fake_root):
     ref_runs, cut_runs = tmp_path / "ref" / "runs", tmp_path / "cut" / "runs"
     subprocess.run(command(method, ref_runs, fake_root), cwd=ROOT, check=True, capture_output=True)
     kill_at = random.Random().randint(2, 6)  # a random meta-step, as the issue asks
-    proc = subprocess.Popen(command(method, cut_runs, fake_root), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command(method, cut_runs, fake_root),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run_dir = cut_runs / "omniglot" / method / "smoke" / "n2-s0"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -56,7 +73,9 @@ def test_sigkill_then_resume_is_bitwise_identical(method, tmp_path, fake_root):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
     ref, cut = (json.loads((d / "summary.json").read_text()) for d in (ref_dir, run_dir))
     assert ref["test"] == cut["test"] and ref["val_best"] == cut["val_best"]
-    assert ref["test_at"] == cut["test_at"] and [t["meta_step"] for t in cut["test_at"]] == ([2, 5, 7] if method != "scratch" else [])
+    assert ref["test_at"] == cut["test_at"] and [t["meta_step"] for t in cut["test_at"]] == (
+        [2, 5, 7] if method != "scratch" else []
+    )
     assert train_steps(run_dir) == list(range(1, 9))  # no duplicated or missing steps
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +85,17 @@ def test_sigkill_then_resume_is_bitwise_identical(method, tmp_path, fake_root):
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, fake_root):
     cfg = make_cfg("method=leap", *ARGS, tmp_path=tmp_path, data_root=fake_root)
-    run(make_cfg("method=leap", *ARGS, "train.meta_steps=2", "train.test_at=[2]", "train.ckpt_every=1", tmp_path=tmp_path, data_root=fake_root))
+    run(
+        make_cfg(
+            "method=leap",
+            *ARGS,
+            "train.meta_steps=2",
+            "train.test_at=[2]",
+            "train.ckpt_every=1",
+            tmp_path=tmp_path,
+            data_root=fake_root,
+        )
+    )
     run_dir = Path(cfg.run_dir)
     (run_dir / "summary.json").unlink()  # pretend it was killed after its last checkpoint
     torch.save({"config_hash": "something-else"}, run_dir / "ckpt.pt")
@@ -75,4 +104,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, fake_root):
     (run_dir / "ckpt.pt").write_bytes(b"\x00truncated")
     with pytest.raises(ConfigError, match="unreadable"):
         run(cfg)
-    assert run(make_cfg("method=leap", *ARGS, "overwrite=true", tmp_path=tmp_path, data_root=fake_root))["status"] == "finished"
+    assert (
+        run(make_cfg("method=leap", *ARGS, "overwrite=true", tmp_path=tmp_path, data_root=fake_root))["status"]
+        == "finished"
+    )

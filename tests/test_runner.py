@@ -1,14 +1,15 @@
 """The shared runner end to end: smoke runs of every method, run directories, logging."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE, make_cfg
-from leapbench.errors import ConfigError
+
 from leapbench import registry
+from leapbench.errors import ConfigError
 from leapbench.runner import run
 
 METHODS = list(registry.methods())  # every config in conf/method/
@@ -55,21 +56,46 @@ def test_finished_run_is_skipped_not_overwritten(fake_root, tmp_path):
     cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, tmp_path=tmp_path, data_root=fake_root)
     first = run(cfg)
     metrics = (Path(cfg.run_dir) / "metrics.jsonl").read_text()
-    assert run(make_cfg("method=reptile", "scale=smoke", *FAKE, "progress=true", tmp_path=tmp_path,
-                        data_root=fake_root)) == first  # same config (progress does not count): skipped
-    moved = make_cfg("method=reptile", "scale=smoke", *FAKE, f"paths.cache={tmp_path / 'elsewhere'}",
-                     f"paths.runs={tmp_path / 'runs'}", f"paths.data={fake_root}/.", "progress=false")
+    assert (
+        run(make_cfg("method=reptile", "scale=smoke", *FAKE, "progress=true", tmp_path=tmp_path, data_root=fake_root))
+        == first
+    )  # same config (progress does not count): skipped
+    moved = make_cfg(
+        "method=reptile",
+        "scale=smoke",
+        *FAKE,
+        f"paths.cache={tmp_path / 'elsewhere'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.data={fake_root}/.",
+        "progress=false",
+    )
     assert run(moved) == first  # where the data and caches live does not make it another run
     assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == metrics
-    changed = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", tmp_path=tmp_path, data_root=fake_root)
+    changed = make_cfg(
+        "method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", tmp_path=tmp_path, data_root=fake_root
+    )
     with pytest.raises(ConfigError, match="tag=.*overwrite=true"):
         run(changed)
     assert json.loads((Path(cfg.run_dir) / "summary.json").read_text()) == first  # nothing lost
-    tagged = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", "tag=-lr05",
-                      tmp_path=tmp_path, data_root=fake_root)
+    tagged = make_cfg(
+        "method=reptile",
+        "scale=smoke",
+        *FAKE,
+        "inner.optimizer.lr=0.05",
+        "tag=-lr05",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     assert run(tagged)["status"] == "finished" and tagged.run_dir.endswith("n2-s0-lr05")
-    again = make_cfg("method=reptile", "scale=smoke", *FAKE, "inner.optimizer.lr=0.05", "overwrite=true",
-                     tmp_path=tmp_path, data_root=fake_root)
+    again = make_cfg(
+        "method=reptile",
+        "scale=smoke",
+        *FAKE,
+        "inner.optimizer.lr=0.05",
+        "overwrite=true",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     assert run(again)["status"] == "finished"
 
 
@@ -118,12 +144,23 @@ def test_wandb_failure_falls_back_to_local(fake_root, tmp_path, monkeypatch):
 def test_test_at_schedule_tests_the_initialization_it_reached(fake_root, tmp_path):
     """``train.test_at``: the current initialization is tested after the listed meta-steps; without validation
     the final test tests the same initialization as a test-at entry at the last step, with the same result."""
-    cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, "train.val_every=null", "train.meta_steps=3",
-                   "train.test_at=[3,1]", "seed=1", tmp_path=tmp_path, data_root=fake_root)
+    cfg = make_cfg(
+        "method=reptile",
+        "scale=smoke",
+        *FAKE,
+        "train.val_every=null",
+        "train.meta_steps=3",
+        "train.test_at=[3,1]",
+        "seed=1",
+        tmp_path=tmp_path,
+        data_root=fake_root,
+    )
     summary = run(cfg)
     assert [(t["meta_step"], t["budget"]) for t in summary["test_at"]] == [(1, 2), (3, 6)]  # budget: task trainings
     last = summary["test_at"][-1]
-    assert {k: last[k] for k in ("error", "auc", "train_error")} == {k: summary["test"][k] for k in ("error", "auc", "train_error")}
+    assert {k: last[k] for k in ("error", "auc", "train_error")} == {
+        k: summary["test"][k] for k in ("error", "auc", "train_error")
+    }
     assert [r["meta_step"] for r in rows(Path(cfg.run_dir)) if r["split"] == "test_at"] == [1, 3]
     assert summary["val_tasks"] and summary["split_seed"] == 1  # the seed is the split
 
@@ -136,19 +173,23 @@ def test_test_at_outside_the_run_is_refused(value, fake_root, tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
 
 
-@pytest.mark.parametrize("folder", ["omniglot/small/runs/leap/n16-s0", "omniglot/small/runs/reptile/n6-s0",
-                                    "multicv/small/runs/leap/cifar10-s1"])
+@pytest.mark.parametrize(
+    "folder",
+    ["omniglot/small/runs/leap/n16-s0", "omniglot/small/runs/reptile/n6-s0", "multicv/small/runs/leap/cifar10-s1"],
+)
 def test_runs_recorded_by_earlier_versions_keep_their_identity(folder):
     """A finished run recorded before keys were added or renamed (data.seed, eval.stop_on, train.test_at, ...)
     is still the same run for today's config with the same command, so sweeps skip it instead of refusing."""
+    from conftest import ROOT
     from omegaconf import OmegaConf
 
-    from conftest import ROOT
     from leapbench.rundir import result_config
 
     run_dir = ROOT / "results" / folder
     summary = json.loads((run_dir / "summary.json").read_text())
     new = make_cfg(  # the sweep file sets the scale and the launcher (whose keys do not change results)
-        *[w for w in summary["command"].split()[2:] if not w.startswith("+sweep")], "scale=small",
-                   *(["experiment=multicv"] if folder.startswith("multicv") else []))
+        *[w for w in summary["command"].split()[2:] if not w.startswith("+sweep")],
+        "scale=small",
+        *(["experiment=multicv"] if folder.startswith("multicv") else []),
+    )
     assert result_config(OmegaConf.load(run_dir / "config.yaml")) == result_config(new)

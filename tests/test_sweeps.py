@@ -1,4 +1,5 @@
 """Hydra multirun sweeps through the real launchers (joblib, submitit's local executor), on the synthetic tree."""
+
 from __future__ import annotations
 
 import json
@@ -6,17 +7,35 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 # The sweep config with its grid narrowed on the command line (command-line sweeps replace the config's).
-SMALL_GRID = ["+sweep=omniglot_small", "scale=smoke", "method=leap,scratch", "data.num_pretrain=1,2", "seed=0",
-              "data.num_test=1", "data.num_val=1"]
+SMALL_GRID = [
+    "+sweep=omniglot_small",
+    "scale=smoke",
+    "method=leap,scratch",
+    "data.num_pretrain=1,2",
+    "seed=0",
+    "data.num_test=1",
+    "data.num_val=1",
+]
 
 
 def cli(*args, tmp_path, fake_root):
-    out = subprocess.run([sys.executable, "run.py", *args, f"paths.data={fake_root}", f"paths.runs={tmp_path / 'runs'}",
-                          f"paths.cache={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            *args,
+            f"paths.data={fake_root}",
+            f"paths.runs={tmp_path / 'runs'}",
+            f"paths.cache={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -44,8 +63,17 @@ def test_joblib_sweep_runs_every_job_once_and_resumes(tmp_path, fake_root):
 @pytest.mark.slow
 def test_submitit_local_sweep(tmp_path, fake_root):
     """The SLURM launcher's code path, with submitit's local executor."""
-    cli("-m", "launcher=submitit_local", "method=reptile,scratch", "scale=smoke", "data.num_test=1", "data.num_val=1",
-        "data.num_pretrain=2", tmp_path=tmp_path, fake_root=fake_root)
+    cli(
+        "-m",
+        "launcher=submitit_local",
+        "method=reptile,scratch",
+        "scale=smoke",
+        "data.num_test=1",
+        "data.num_val=1",
+        "data.num_pretrain=2",
+        tmp_path=tmp_path,
+        fake_root=fake_root,
+    )
     found = summaries(tmp_path)
     assert sorted(found) == ["omniglot/reptile/smoke/n2-s0", "omniglot/scratch/smoke/n2-s0"]
     assert all(json.loads(p.read_text())["status"] == "finished" for p in found.values())

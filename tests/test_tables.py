@@ -1,6 +1,7 @@
 """The one aggregation (leapbench.tables): runs.csv, cell statistics and paired differences against hand-computed
 values, a method known only from a config folder outside the suite, misfit runs reported, committed outputs that
 regenerate byte for byte."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, script
+
 from leapbench import registry, tables
 
 SPEC = tables.SPECS["omniglot"]
@@ -22,13 +23,35 @@ SPEC = tables.SPECS["omniglot"]
 def fake_run(base: Path, method: str, n: int, seed: int, error: float, auc: float, **extra) -> None:
     d = base / "runs" / method / f"n{n}-s{seed}"
     d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps({
-        "experiment": "omniglot", "method": method, "scale": "smoke", "cell": f"n{n}", "num_pretrain": n,
-        "seed": seed, "split_seed": seed, "status": "finished", "wall_time_s": 1.0, "commit": "abc",
-        "command": f"python run.py method={method} data.num_pretrain={n} seed={seed}", "val_best": None,
-        "meta_steps_done": 2, "stopped_early": False, "mean_adapt_steps": 10.0,
-        "test": {"error": error, "auc": auc, "train_error": error / 2, "error_per_task": [error], "tasks": ["a"]},
-        **extra}))
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "experiment": "omniglot",
+                "method": method,
+                "scale": "smoke",
+                "cell": f"n{n}",
+                "num_pretrain": n,
+                "seed": seed,
+                "split_seed": seed,
+                "status": "finished",
+                "wall_time_s": 1.0,
+                "commit": "abc",
+                "command": f"python run.py method={method} data.num_pretrain={n} seed={seed}",
+                "val_best": None,
+                "meta_steps_done": 2,
+                "stopped_early": False,
+                "mean_adapt_steps": 10.0,
+                "test": {
+                    "error": error,
+                    "auc": auc,
+                    "train_error": error / 2,
+                    "error_per_task": [error],
+                    "tasks": ["a"],
+                },
+                **extra,
+            }
+        )
+    )
     (d / "config.yaml").write_text(f"train: {{meta_steps: 2, meta_batch_size: 1}}\ndata: {{num_pretrain: {n}}}\n")
 
 
@@ -84,14 +107,17 @@ def test_a_new_method_config_appears_with_its_label_and_no_script_edited(results
     conf = tmp_path / "myconf"
     (conf / "method").mkdir(parents=True)
     (conf / "method" / "mymeta.yaml").write_text(
-        "# @package _global_\nmethod:\n  _target_: my.Meta\n  name: mymeta\n  label: My meta-learner\n  color: black\n")
+        "# @package _global_\nmethod:\n  _target_: my.Meta\n  name: mymeta\n  label: My meta-learner\n  color: black\n"
+    )
     assert registry.methods(conf)["mymeta"] == registry.MethodInfo("mymeta", "My meta-learner", "black")
     base = results / "omniglot" / "smoke"
     for seed in (0, 1):
         fake_run(base, "leap", 2, seed, 10.0 + seed, 50.0)
         fake_run(base, "mymeta", 2, seed, 20.0 + 2 * seed, 70.0)
         fake_run(base, "unlisted", 2, seed, 30.0, 80.0)
-    text = script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results), "--conf", str(conf))
+    text = script(
+        "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results), "--conf", str(conf)
+    )
     header = next(line for line in text.splitlines() if line.startswith("| tasks"))
     assert [c.strip() for c in header.strip("|").split("|")] == ["tasks", "Leap", "My meta-learner", "unlisted"]
     assert "21.0 ± 1.4" in text  # mymeta's cell: 20 and 22
@@ -109,8 +135,12 @@ def test_runs_that_do_not_fit_are_reported_by_name(results, tmp_path):
     shutil.copytree(base / "runs" / "leap" / "n1-s0", other)
     s = json.loads((other / "summary.json").read_text())
     (other / "summary.json").write_text(json.dumps(s | {"experiment": "atari"}))
-    out = subprocess.run([sys.executable, "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results",
-                          str(results)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "runs/scratch/n1-s0-copy" in out.stderr and "atari-run" in out.stderr
     assert len(pd.read_csv(base / "runs.csv")) == 2 and len(pd.read_csv(base / "table1.csv")) == 2  # misfits left out
@@ -127,4 +157,6 @@ def test_committed_tables_regenerate_byte_for_byte(tmp_path):
             assert (copy / exp / "small" / f).read_bytes() == committed.read_bytes(), f"{exp}/small/{f} changed"
     script("scripts/budget_study.py", "--out", str(copy / "omniglot" / "budget"))
     for f in ("budget.csv", "budget.md"):
-        assert (copy / "omniglot" / "budget" / f).read_bytes() == (ROOT / "results" / "omniglot" / "budget" / f).read_bytes()
+        assert (copy / "omniglot" / "budget" / f).read_bytes() == (
+            ROOT / "results" / "omniglot" / "budget" / f
+        ).read_bytes()

@@ -1,4 +1,5 @@
 """Checkpoints: the whole run state in one file, written atomically, so a killed run resumes exactly."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,9 +33,13 @@ def load(run_dir: Path, expected_hash: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ConfigError(f"Checkpoint {path} is unreadable ({type(e).__name__}: {e}). Delete it to start "
-                          "the run afresh, or pass overwrite=true.") from e
+        raise ConfigError(
+            f"Checkpoint {path} is unreadable ({type(e).__name__}: {e}). Delete it to start "
+            "the run afresh, or pass overwrite=true."
+        ) from e
     if state.get("config_hash") != expected_hash:
-        raise ConfigError(f"Checkpoint {path} was written by a different config. Use the original config to "
-                          "resume it, set tag=<name> to start a separate run, or pass overwrite=true to discard it.")
+        raise ConfigError(
+            f"Checkpoint {path} was written by a different config. Use the original config to "
+            "resume it, set tag=<name> to start a separate run, or pass overwrite=true to discard it."
+        )
     return state

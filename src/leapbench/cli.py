@@ -6,12 +6,13 @@ Task-parallel: ``torchrun --nproc_per_node=N run.py ...`` runs the same experime
 The only module that talks to Hydra's command line: it composes the config (from ``registry.CONF``, the
 checkout's ``conf/`` or the copy packaged in the wheel) and hands it to ``leapbench.runner.run``.
 """
+
 from __future__ import annotations
 
 import difflib
 import os
 import sys
-from pathlib import Path
+from typing import cast
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -30,14 +31,16 @@ from .runner import run
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
-    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    overrides = cast(list, OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         s = run(cfg, overrides=overrides)
         if distributed.is_main():
             scores = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in s["test"].items() if isinstance(v, float))
-            print(f"[leapbench] {s['method']}: test {scores} on {len(s['test']['tasks'])} test tasks "
-                  f"-> {cfg.run_dir}/summary.json")
+            print(
+                f"[leapbench] {s['method']}: test {scores} on {len(s['test']['tasks'])} test tasks "
+                f"-> {cfg.run_dir}/summary.json"
+            )
     except (LeapError, OmegaConfBaseException) as e:  # a refused config, missing data, a diverged run, a bad write
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -63,8 +66,9 @@ def preflight(args: list[str]) -> None:
     (exit 2) instead of Hydra's report and search path. In a multirun each swept group option is composed once.
     Hydra's own flags (--help, --cfg, ...) and ``HYDRA_FULL_ERROR=1`` (the full story) skip this."""
     multirun = any(a in ("-m", "--multirun") for a in args)
-    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") and a not in ("-m", "--multirun")
-                                                        for a in args):
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(
+        a.startswith("-") and a not in ("-m", "--multirun") for a in args
+    ):
         return
     overrides = [a for a in args if not a.startswith("-")]
     parser = OverridesParser.create()
@@ -72,25 +76,38 @@ def preflight(args: list[str]) -> None:
         try:
             parser.parse_override(o)
         except HydraException as e:
-            fail(f"cannot read {o!r} ({str(e).strip().splitlines()[0]}); write key=value, e.g. seed=1 or "
-                 "train.test_at=[16,40].")
+            fail(
+                f"cannot read {o!r} ({str(e).strip().splitlines()[0]}); write key=value, e.g. seed=1 or "
+                "train.test_at=[16,40]."
+            )
     parsed = parser.parse_overrides(overrides)
     try:  # each swept value as an override of its own (glob() and interval() sweeps cannot be listed here)
-        values = [[o.input_line] if not o.is_sweep_override() else
-                  [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+        values = [
+            [str(o.input_line)]
+            if not o.is_sweep_override()
+            else [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            for o in parsed
+        ]
     except (HydraException, ValueError):
         return
     sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
-    first = [v[0] for v in values]
-    jobs = [first] + [[*first[:i], v, *first[i + 1:]] for i, (o, vs) in enumerate(zip(parsed, values))
-                      if (CONF / o.key_or_group).is_dir() for v in vs[1:]]  # only a group's options can fail here
+    first = [str(v[0]) for v in values]
+    jobs: list[list[str]] = [first] + [
+        [*first[:i], v, *first[i + 1 :]]
+        for i, (o, vs) in enumerate(zip(parsed, values))
+        if (CONF / o.key_or_group).is_dir()
+        for v in vs[1:]
+    ]  # only a group's options can fail here
     with initialize_config_dir(str(CONF), version_base="1.3"):
         for job in jobs:
             problem = composition_problem(job)
             if problem:
                 fail(problem)
-        if sweep and not multirun and compose("config", overrides=first, return_hydra_config=True).hydra.mode != \
-                RunMode.MULTIRUN:  # a sweep config (+sweep=...) sets the mode itself
+        if (
+            sweep
+            and not multirun
+            and compose("config", overrides=first, return_hydra_config=True).hydra.mode != RunMode.MULTIRUN
+        ):  # a sweep config (+sweep=...) sets the mode itself
             fail(f"{sweep} lists several values; add -m to sweep over them.")
 
 
@@ -106,7 +123,7 @@ def composition_problem(overrides: list[str]) -> str | None:
         error = e
     for i in range(len(overrides)):  # the first override that breaks it, and the config just before it
         try:
-            compose("config", overrides=overrides[:i + 1])
+            compose("config", overrides=overrides[: i + 1])
         except COMPOSE_ERRORS as e:
             return explain(overrides[i], compose("config", overrides=overrides[:i]), e)
     return str(error).strip().splitlines()[0]
@@ -122,7 +139,7 @@ def explain(override: str, base: DictConfig, error: Exception) -> str:
         close = difflib.get_close_matches(value, options, n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return f"{key}={value}: no such option; choose one of {', '.join(options)}{hint}."
-    container = OmegaConf.to_container(base, resolve=False)
+    container = cast(dict, OmegaConf.to_container(base, resolve=False))
     keys = list(dotted_keys(container))
     if key in keys and override.startswith("+") and not override.startswith("++"):
         return f"{override}: {key} exists already; drop the + to change it."
@@ -132,8 +149,11 @@ def explain(override: str, base: DictConfig, error: Exception) -> str:
         return f"{key}: not set in this config; write +{override} to set it."
     siblings = sorted(set(known) | {k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent})
     close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else \
-        f"{parent or 'the top level'} has {', '.join(siblings)}."
+    hint = (
+        f"did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?"
+        if close
+        else f"{parent or 'the top level'} has {', '.join(siblings)}."
+    )
     return f"{key}: no such key; {hint}"
 
 

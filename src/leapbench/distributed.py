@@ -7,6 +7,7 @@ a no-op, so one code path serves both.
 A failure on one rank (a diverging task, a failed write on rank 0) ends that rank; torchrun then stops the
 others, which may report the broken connection rather than the cause: read the failing rank's message.
 """
+
 from __future__ import annotations
 
 import os

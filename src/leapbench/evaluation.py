@@ -12,9 +12,11 @@ Metrics are percentages (0-100), as in the paper's tables:
   held-out images themselves (equal to ``error`` under ``stop_on=heldout`` and in ``fixed`` mode); under
   ``stop_on=val``, ``oracle_error - error`` is the optimism of selecting on the reported images, on one trajectory.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,7 +53,12 @@ class Adaptation:
     set (Multi-CV: at most 100 epochs, early stopping checked after every epoch).
     """
 
-    scores = ("error", "auc", "train_error", "oracle_error")  # what ``run`` reports per task; ``evaluate`` averages them
+    scores = (
+        "error",
+        "auc",
+        "train_error",
+        "oracle_error",
+    )  # what ``run`` reports per task; ``evaluate`` averages them
 
     mode: str = "fixed"
     steps: int = 100
@@ -108,11 +115,17 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
         has_val = adaptation.stop_on == "val"
         if has_val and task.x_val is None:
             task = with_validation(task, adaptation.val_per_class)
-        state = {"best": float("inf"), "bad": 0, "test": float("inf"), "step": 0, "oracle": float("inf")}
+        state: dict[str, float] = {
+            "best": float("inf"),
+            "bad": 0,
+            "test": float("inf"),
+            "step": 0,
+            "oracle": float("inf"),
+        }
 
         def watch(step: int) -> bool:
             heldout = error_on(model, *task.heldout(generator))
-            err = error_on(model, task.x_val, task.y_val) if has_val else heldout
+            err = error_on(model, task.x_val, task.y_val) if has_val else heldout  # type: ignore[arg-type]
             state["oracle"] = min(state["oracle"], heldout)
             improved = err < state["best"]
             if improved:
@@ -127,7 +140,7 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
 
         curve = inner.train(model, task, generator, steps=max_steps, after_step=check)
         watch(len(curve))
-        best, best_step, oracle = state["test"], state["step"], state["oracle"]
+        best, best_step, oracle = state["test"], int(state["step"]), state["oracle"]
     return {
         "name": task.name,
         "error": 100 * best,
@@ -144,13 +157,16 @@ def with_validation(task: Task, per_class: int) -> Task:
     """``task`` with the last ``per_class`` training images of every class moved to its validation set."""
     counts = torch.bincount(task.y_train)
     if int(counts[counts > 0].min()) <= per_class:
-        raise ConfigError(f"Task {task.name} has only {int(counts[counts > 0].min())} training images in some class; "
-                          f"eval.val_per_class={per_class} must leave at least one for training.")
+        raise ConfigError(
+            f"Task {task.name} has only {int(counts[counts > 0].min())} training images in some class; "
+            f"eval.val_per_class={per_class} must leave at least one for training."
+        )
     val = torch.zeros(len(task.y_train), dtype=torch.bool)
     for c in torch.unique(task.y_train):
         val[torch.nonzero(task.y_train == c).flatten()[-per_class:]] = True
-    return replace(task, x_train=task.x_train[~val], y_train=task.y_train[~val],
-                   x_val=task.x_train[val], y_val=task.y_train[val])
+    return replace(
+        task, x_train=task.x_train[~val], y_train=task.y_train[~val], x_val=task.x_train[val], y_val=task.y_train[val]
+    )
 
 
 MAX_POINTS = 1000
@@ -160,11 +176,11 @@ def thin(curve: list[float], points: int = MAX_POINTS) -> list[float]:
     """A curve of at most ``points`` values: longer ones averaged over bins of ``ceil(len / points)`` steps."""
     k = -(-len(curve) // points)
     if k > 1:
-        curve = [float(np.mean(curve[i:i + k])) for i in range(0, len(curve), k)]
+        curve = [float(np.mean(curve[i : i + k])) for i in range(0, len(curve), k)]
     return [round(e, 4) for e in curve]
 
 
-def evaluate(init: nn.Module, tasks: list, inner, adaptation, seed: int, monitor=None) -> dict:
+def evaluate(init: nn.Module, tasks: Sequence, inner, adaptation, seed: int, monitor=None) -> dict:
     """Adapt a copy of ``init`` to each task (BatchNorm statistics reset per task) and average the scores.
 
     ``adaptation`` is any object with ``run(model, task, inner, generator, monitor) -> dict`` and the names of

@@ -6,10 +6,12 @@ grad f(psi^i; B_i) for the batch B_i that produced ``loss`` (the reference code'
 A meta-learner may also take over clearing the gradients (``zero_grad``, see ``train_step``). ``Inner``
 implements ``protocols.LearningProcess``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +65,15 @@ class Inner:
 
     cpu_only = False
 
-    def __init__(self, optimizer: Callable[..., Optimizer], steps: int, batch_size: int, epochs: bool = False,
-                 patience: int | None = None, check_every: int = 20) -> None:
+    def __init__(
+        self,
+        optimizer: Callable[..., Optimizer],
+        steps: int,
+        batch_size: int,
+        epochs: bool = False,
+        patience: int | None = None,
+        check_every: int = 20,
+    ) -> None:
         lr = optimizer_lr(optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
@@ -73,7 +82,9 @@ class Inner:
         if batch_size < 1:
             raise ConfigError(f"inner.batch_size={batch_size} must be at least 1.")
         if patience is not None and patience < 1:
-            raise ConfigError(f"inner.patience={patience} must be at least 1 (or null: train every task for inner.steps).")
+            raise ConfigError(
+                f"inner.patience={patience} must be at least 1 (or null: train every task for inner.steps)."
+            )
         if check_every < 1:
             raise ConfigError(f"inner.check_every={check_every} must be at least 1.")
         self.optimizer, self.steps, self.batch_size = optimizer, steps, batch_size
@@ -81,15 +92,18 @@ class Inner:
 
     @property
     def fixed_steps(self) -> int | None:
-        """The number of updates every task takes in meta-training when it is known before the task starts, else None."""
+        """The updates every task takes in meta-training when known before the task starts, else None."""
         return None if self.epochs or self.patience is not None else self.steps
 
     @property
     def provides(self) -> frozenset[str]:
         """What this learning process offers a method (``runner.NEEDS``): labelled batches, and with this config
         maybe a fixed number of updates per task and plain SGD (what ``method.batched=true`` needs)."""
-        return frozenset({"labels"} | ({"fixed_length"} if self.fixed_steps is not None else set())
-                         | ({"plain_sgd"} if self.sgd_lr is not None else set()))
+        return frozenset(
+            {"labels"}
+            | ({"fixed_length"} if self.fixed_steps is not None else set())
+            | ({"plain_sgd"} if self.sgd_lr is not None else set())
+        )
 
     @property
     def sgd_lr(self) -> float | None:
@@ -128,8 +142,9 @@ class Inner:
         if steps is None and after_step is None and self.patience is not None:
             after_step = self._early_stop(model, task)
         errors: list[float] = []
-        for i, err in enumerate(self.updates(model, task, generator, steps=steps, hook=hook, forward=forward,
-                                             zero_grad=zero_grad)):
+        for i, err in enumerate(
+            self.updates(model, task, generator, steps=steps, hook=hook, forward=forward, zero_grad=zero_grad)
+        ):
             errors.append(err)
             if after_step is not None and after_step(i):
                 break
@@ -151,7 +166,7 @@ class Inner:
         ``train`` drives it; a benchmark may interleave two of them step by step.
         """
         if task.head is not None:
-            model.select(task.head)  # its own output layer; later scoring (error_on) uses the same head
+            model.select(task.head)  # type: ignore[operator]  # its own output layer; later scoring (error_on) uses the same head
         model.train()
         opt = self.optimizer(model.parameters())
         device = next(model.parameters()).device  # images stay on the CPU; each batch moves (a no-op there)
@@ -166,21 +181,30 @@ class Inner:
         """Stop after ``patience`` checks without a new best error on the validation (else held-out) images."""
         every = self.epoch_steps(task) if self.epochs else self.check_every
         x, y = (task.x_val, task.y_val) if task.x_val is not None else (task.x_heldout, task.y_heldout)
-        state = {"best": float("inf"), "bad": 0}
+        patience = cast(int, self.patience)
+        state: dict[str, float] = {"best": float("inf"), "bad": 0}
 
         def after_step(i: int) -> bool:
             if (i + 1) % every:
                 return False
-            err = error_on(model, x, y)
+            err = error_on(model, x, cast(Tensor, y))
             state["bad"] = 0 if err < state["best"] else state["bad"] + 1
             state["best"] = min(state["best"], err)
-            return state["bad"] >= self.patience
+            return state["bad"] >= patience
 
         return after_step
 
 
-def train_step(model: nn.Module, opt: Optimizer, x: Tensor, y: Tensor, forward: Forward, task: str, step: int,
-               zero_grad: ZeroGrad | None = None) -> tuple[float, float]:
+def train_step(
+    model: nn.Module,
+    opt: Optimizer,
+    x: Tensor,
+    y: Tensor,
+    forward: Forward,
+    task: str,
+    step: int,
+    zero_grad: ZeroGrad | None = None,
+) -> tuple[float, float]:
     """Forward and backward one batch (no optimizer step); return its loss and error (0-1).
 
     Gradients are cleared after the forward pass: released by the optimizer (``set_to_none``), or by
@@ -209,7 +233,9 @@ def error_on(model: nn.Module, x: Tensor, y: Tensor, forward: Forward = default_
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    wrong = sum(int((forward(model, x[i:i + chunk].to(device)).argmax(1) != y[i:i + chunk].to(device)).sum())
-                for i in range(0, len(y), chunk))
+    wrong = sum(
+        int((forward(model, x[i : i + chunk].to(device)).argmax(1) != y[i : i + chunk].to(device)).sum())
+        for i in range(0, len(y), chunk)
+    )
     model.train(was_training)
     return wrong / max(len(y), 1)

@@ -6,6 +6,7 @@ Files in the run directory:
   or ``test``; evaluation rows carry their mean error curve);
 * ``summary.json``: the final scores and provenance, written atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,10 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -64,9 +66,17 @@ class RunLogger:
     """
 
     def __init__(
-        self, run_dir: str | Path, run_name: str, config: dict, wandb: bool = False, mode: str = "offline",
-        project: str = "leapbench", entity: str | None = None, group: str | None = None,
-        job_type: str | None = None, tags: list[str] | None = None,
+        self,
+        run_dir: str | Path,
+        run_name: str,
+        config: dict,
+        wandb: bool = False,
+        mode: str = "offline",
+        project: str = "leapbench",
+        entity: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,9 +94,18 @@ class RunLogger:
             import wandb
 
             run = wandb.init(
-                project=project, entity=entity, group=group, job_type=job_type, tags=list(tags or []),
-                name=run_name, id=hashlib.sha1(run_name.encode()).hexdigest()[:16], resume="allow",
-                dir=str(self.run_dir), mode=mode, config=config, reinit="finish_previous",
+                project=project,
+                entity=entity,
+                group=group,
+                job_type=job_type,
+                tags=list(tags or []),
+                name=run_name,
+                id=hashlib.sha1(run_name.encode()).hexdigest()[:16],
+                resume="allow",
+                dir=str(self.run_dir),
+                mode=mode,
+                config=config,
+                reinit="finish_previous",
             )
             run.define_metric("meta_step")
             for prefix in ("train", "val", "test_at"):
@@ -114,11 +133,16 @@ class RunLogger:
         try:
             for index, row in rows:  # W&B's step is the row's index in metrics.jsonl: resumed runs continue it
                 data: dict[str, Any] = {"meta_step": row["meta_step"]}
-                data |= {f"{row['split']}/{k}": v for k, v in row.items()
-                         if k not in ("split", "meta_step") and isinstance(v, (int, float))}
+                data |= {
+                    f"{row['split']}/{k}": v
+                    for k, v in row.items()
+                    if k not in ("split", "meta_step") and isinstance(v, (int, float))
+                }
                 self.wandb.log(data, step=index)
         except Exception as e:  # noqa: BLE001
-            warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local files only.", stacklevel=2)
+            warnings.warn(
+                f"W&B logging failed ({type(e).__name__}: {e}); continuing with local files only.", stacklevel=2
+            )
             self.wandb = None
 
     def _log_curves_and_init(self) -> None:
@@ -126,17 +150,20 @@ class RunLogger:
         and the tested initialization as a model artifact."""
         import wandb
 
+        run = self.wandb
+        if run is None:
+            return
+
         rows = [json.loads(line) for line in self.path.read_text().splitlines()]
         curves = [[r["split"], r["meta_step"], i, e] for r in rows if "curve" in r for i, e in enumerate(r["curve"])]
         if curves:
             table = wandb.Table(data=curves, columns=["split", "meta_step", "adapt_step", "error"])
-            self.wandb.log({"curves": table}, step=len(rows))
+            run.log({"curves": table}, step=len(rows))
         init = self.run_dir / "init.pt"
         if init.exists():
-            artifact = wandb.Artifact(f"init-{self.wandb.id}", type="model",
-                                      description="the tested initialization (init.pt)")
+            artifact = wandb.Artifact(f"init-{run.id}", type="model", description="the tested initialization (init.pt)")
             artifact.add_file(str(init))
-            self.wandb.log_artifact(artifact, aliases=["tested"])
+            run.log_artifact(artifact, aliases=["tested"])
 
     def truncate(self, rows: int) -> None:
         """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest)."""
@@ -155,8 +182,13 @@ class RunLogger:
                 self._log_curves_and_init()
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"W&B could not log the curves or init.pt ({type(e).__name__}: {e}).", stacklevel=2)
-            flat = {f"{k}/{kk}": vv for k, v in summary.items() if isinstance(v, dict)
-                    for kk, vv in v.items() if isinstance(vv, (int, float, str))}
+            flat = {
+                f"{k}/{kk}": vv
+                for k, v in summary.items()
+                if isinstance(v, dict)
+                for kk, vv in v.items()
+                if isinstance(vv, (int, float, str))
+            }
             flat.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
             self.wandb.summary.update(flat)
 
@@ -193,12 +225,19 @@ class TestProgress:
     report streamed to the logger (and W&B) as a ``test_progress/<task>`` row while the test runs."""
 
     def __init__(self, logger, step: int, show: bool) -> None:
-        self.logger, self.step, self.show, self.bars = logger, step, show, {}
+        self.logger, self.step, self.show = logger, step, show
+        self.bars: dict[str, tqdm] = {}
 
     def __call__(self, task: str, done: int, total: int, score: float | None) -> None:
         if task not in self.bars:
-            self.bars[task] = tqdm(total=total, desc=f"test {task}", unit="frame", unit_scale=True,
-                                   disable=not self.show, dynamic_ncols=True)
+            self.bars[task] = tqdm(
+                total=total,
+                desc=f"test {task}",
+                unit="frame",
+                unit_scale=True,
+                disable=not self.show,
+                dynamic_ncols=True,
+            )
         bar = self.bars[task]
         bar.update(done - bar.n)
         if score is not None:

@@ -4,12 +4,14 @@ Every meta-step samples a meta-batch of pretraining tasks and hands it to the me
 steps the current initialization is validated (the best one is kept); at ``train.test_at`` it is also tested
 (the budget curve of one run); every ``train.ckpt_every`` steps the loop's whole state is checkpointed.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,8 @@ class TaskSampler:
     """Meta-batches as in the reference code: shuffled passes over the tasks, concatenated and cut."""
 
     def __init__(self, num_tasks: int, generator: torch.Generator) -> None:
-        self.n, self.g, self.queue = num_tasks, generator, []
+        self.n, self.g = num_tasks, generator
+        self.queue: list[int] = []
 
     def sample(self, k: int) -> list[int]:
         while len(self.queue) < k:
@@ -67,8 +70,17 @@ class MetaTraining:
     holds all of them (and the logger's row count), so a resumed run continues bit for bit.
     """
 
-    def __init__(self, cfg: DictConfig, data: Benchmark, inner: LearningProcess, learner: MetaLearner,
-                 val_adapt: Adaptation, test_adapt: Adaptation, logger: Any, config_hash: str) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        data: Benchmark,
+        inner: LearningProcess,
+        learner: MetaLearner,
+        val_adapt: Adaptation,
+        test_adapt: Adaptation,
+        logger: Any,
+        config_hash: str,
+    ) -> None:
         self.cfg, self.t, self.data, self.inner, self.learner = cfg, cfg.train, data, inner, learner
         self.val_adapt, self.test_adapt, self.logger, self.config_hash = val_adapt, test_adapt, logger, config_hash
         self.g = torch.Generator().manual_seed(cfg.seed)  # task sampling, batches and augmentation
@@ -94,9 +106,15 @@ class MetaTraining:
         if self.validates and not self.resumed:
             self.validate(0)
         first = state["meta_step"] + 1
-        bar = tqdm(range(first, self.steps + 1) if not state["stopped"] else [], desc=self.cfg.run_name,
-                   initial=first - 1, total=self.steps, disable=not (self.cfg.progress and distributed.is_main()),
-                   dynamic_ncols=True, unit="meta-step")
+        bar = tqdm(
+            range(first, self.steps + 1) if not state["stopped"] else [],
+            desc=self.cfg.run_name,
+            initial=first - 1,
+            total=self.steps,
+            disable=not (self.cfg.progress and distributed.is_main()),
+            dynamic_ncols=True,
+            unit="meta-step",
+        )
         for step in bar:
             tasks = [self.data.pretrain[i] for i in self.sampler.sample(t.meta_batch_size)]
             with where(f"Meta-step {step}"):
@@ -118,12 +136,17 @@ class MetaTraining:
         """Validate the current initialization; return True when early stopping says stop."""
         with where(f"Validation at meta-step {step}"):
             res = evaluate(self.learner.initialization(), self.data.val, self.inner, self.val_adapt, self.val_seed)
-        self.logger.log({"meta_step": step, "split": "val", "error": res["error"], "auc": res["auc"],
-                         "curve": res["curve"]})
+        self.logger.log(
+            {"meta_step": step, "split": "val", "error": res["error"], "auc": res["auc"], "curve": res["curve"]}
+        )
         best, metric = self.state["best"], self.t.val_metric
         if best is None or res[metric] < best[metric]:
-            self.state["best"] = {"meta_step": step, "error": res["error"], "auc": res["auc"],
-                                  "init": copy.deepcopy(self.learner.initialization().state_dict())}
+            self.state["best"] = {
+                "meta_step": step,
+                "error": res["error"],
+                "auc": res["auc"],
+                "init": copy.deepcopy(self.learner.initialization().state_dict()),
+            }
             self.state["bad"] = 0
         else:
             self.state["bad"] += 1
@@ -136,16 +159,30 @@ class MetaTraining:
         first = self.test_adapt.scores[0]
         scores = {k: res[k] for k in self.test_adapt.scores}
         self.logger.log({"meta_step": step, "split": "test_at", **scores, "curve": res["curve"]})
-        self.state["test_at"].append({"meta_step": step, "budget": step * self.t.meta_batch_size, **scores,
-                                      f"{first}_per_task": [round(x[first], 2) for x in res["tasks"]],
-                                      "mean_adapt_steps": float(np.mean([x["steps"] for x in res["tasks"]]))})
+        self.state["test_at"].append(
+            {
+                "meta_step": step,
+                "budget": step * self.t.meta_batch_size,
+                **scores,
+                f"{first}_per_task": [round(x[first], 2) for x in res["tasks"]],
+                "mean_adapt_steps": float(np.mean([x["steps"] for x in res["tasks"]])),
+            }
+        )
 
     def save_checkpoint(self) -> None:
         if not distributed.is_main():
             return
-        checkpoint.save(Path(self.cfg.run_dir), {
-            "config_hash": self.config_hash, "learner": self.learner.state_dict(), "state": self.state,
-            "generator": self.g.get_state(), "queue": list(self.sampler.queue), "rows": self.logger.rows})
+        checkpoint.save(
+            Path(self.cfg.run_dir),
+            {
+                "config_hash": self.config_hash,
+                "learner": self.learner.state_dict(),
+                "state": self.state,
+                "generator": self.g.get_state(),
+                "queue": list(self.sampler.queue),
+                "rows": self.logger.rows,
+            },
+        )
         self.logger.commit()  # the rows up to here are never redone: W&B may have them
 
     def initialization(self) -> nn.Module:

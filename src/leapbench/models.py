@@ -1,4 +1,5 @@
 """Networks: the Conv4 body with a linear head used for Omniglot and Multi-CV."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -32,9 +33,11 @@ class ConvNet(nn.Module):
         for key, value in (("in_channels", in_channels), ("filters", filters), ("layers", layers)):
             if value < 1:
                 raise ConfigError(f"model.{key}={value} must be at least 1.")
-        if image_size < 2 ** layers:
-            raise ConfigError(f"model.image_size={image_size} is too small for model.layers={layers} (each layer "
-                              f"halves it): use at least {2 ** layers}.")
+        if image_size < 2**layers:
+            raise ConfigError(
+                f"model.image_size={image_size} is too small for model.layers={layers} (each layer "
+                f"halves it): use at least {2**layers}."
+            )
         blocks: list[nn.Module] = []
         c, size = in_channels, image_size
         for _ in range(layers):
@@ -67,8 +70,15 @@ class MultiHeadConvNet(ConvNet):
 
     named_heads: ClassVar[bool] = True
 
-    def __init__(self, heads: dict[str, int], in_channels: int = 3, filters: int = 64, layers: int = 4,
-                 image_size: int = 32, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        heads: dict[str, int],
+        in_channels: int = 3,
+        filters: int = 64,
+        layers: int = 4,
+        image_size: int = 32,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__(in_channels, 1, filters, layers, image_size, channels_last)
         del self.head
         self.heads = nn.ModuleDict({name: nn.Linear(self.features, n) for name, n in heads.items()})

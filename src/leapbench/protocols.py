@@ -15,10 +15,12 @@ Three parties meet here:
 
 Methods read these declarations; nothing here is discovered by probing attributes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -26,10 +28,8 @@ from torch import Tensor, nn
 Flat = Callable[[], Tensor]  # a flat copy of psi^i or of its gradient, made on demand; the method may keep it
 
 
-class StepHook(Protocol):
-    """Called by a learning process after each step's ``backward()`` and before its update."""
-
-    def __call__(self, step: int, loss: float, model: nn.Module) -> None: ...
+# hook(step, loss, model): called by a learning process after each step's backward() and before its update.
+StepHook = Callable[[int, float, nn.Module], None]
 
 
 # zero_grad(step, loss): called by the learning process after the forward pass, instead of releasing the
@@ -40,8 +40,13 @@ ZeroGrad = Callable[[int, float], None]
 class LearningProcess(Protocol):
     """What trains a model on one task, and what it declares about itself."""
 
-    provides: frozenset[str]  # capabilities a method may require (runner.NEEDS): labels, fixed_length, plain_sgd
-    cpu_only: bool  # the runner refuses device=cuda
+    @property
+    def provides(self) -> frozenset[str]:
+        """Capabilities a method may require (``runner.NEEDS``): labels, fixed_length, plain_sgd."""
+
+    @property
+    def cpu_only(self) -> bool:
+        """The runner refuses device=cuda."""
 
     @property
     def fixed_steps(self) -> int | None:
@@ -55,9 +60,17 @@ class LearningProcess(Protocol):
     def steps_for(self, task: Any) -> int:
         """The most updates ``task`` trains for in meta-training."""
 
-    def train(self, model: nn.Module, task: Any, generator: torch.Generator, *, steps: int | None = None,
-              hook: StepHook | None = None, after_step: Callable[[int], bool] | None = None,
-              zero_grad: ZeroGrad | None = None) -> list[float]:
+    def train(
+        self,
+        model: nn.Module,
+        task: Any,
+        generator: torch.Generator,
+        *,
+        steps: int | None = None,
+        hook: StepHook | None = None,
+        after_step: Callable[[int], bool] | None = None,
+        zero_grad: ZeroGrad | None = None,
+    ) -> list[float]:
         """Train ``model`` in place; ``hook`` sees every step; ``after_step(i)`` may stop after update i."""
 
 
@@ -138,5 +151,11 @@ class Adaptation(Protocol):
 
     scores: ClassVar[tuple[str, ...]]  # the per-task scores ``run`` returns, averaged by ``evaluate``
 
-    def run(self, model: nn.Module, task: Any, inner: Any, generator: torch.Generator,
-            monitor: Callable[[str, int, int, float | None], None] | None = None) -> dict: ...
+    def run(
+        self,
+        model: nn.Module,
+        task: Any,
+        inner: Any,
+        generator: torch.Generator,
+        monitor: Callable[[str, int, int, float | None], None] | None = None,
+    ) -> dict: ...

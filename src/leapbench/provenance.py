@@ -1,4 +1,5 @@
 """Where a result comes from: the command, the code (git commit or installed version) and the libraries."""
+
 from __future__ import annotations
 
 import json

@@ -3,10 +3,12 @@
 A method's config names its class (``_target_``) and carries its ``label`` and ``color`` for tables and figures.
 Adding a method is adding its file (and its class): nothing here lists methods by hand.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from omegaconf import OmegaConf
 
@@ -27,7 +29,7 @@ class MethodInfo:
 
 def _method_node(path: Path) -> dict:
     """The ``method`` keys of one method config, with those of the configs it extends (its ``defaults``) beneath."""
-    raw = OmegaConf.to_container(OmegaConf.load(path))
+    raw = cast(dict, OmegaConf.to_container(OmegaConf.load(path)))
     node: dict = {}
     for parent in raw.get("defaults", []):
         if isinstance(parent, str) and parent != "_self_":

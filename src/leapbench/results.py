@@ -6,13 +6,15 @@ An exported run is a folder with ``summary.json`` (scores and provenance: comman
 also every test episode's frames and score).
 Nothing here needs W&B or the network.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .logging import write_json
 
@@ -20,11 +22,14 @@ from .logging import write_json
 def portable_config(run_dir: Path) -> str:
     """The run's config with paths replaced by their defaults (paths never change results)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.paths = {"data": "${oc.env:LEAP_DATA_DIR,data}", "runs": "${oc.env:LEAP_RUNS_DIR,runs}",
-                 "cache": "${oc.env:LEAP_CACHE_DIR,.cache}"}
-    if "root" in cfg.get("data", {}):
+    cfg.paths = {
+        "data": "${oc.env:LEAP_DATA_DIR,data}",
+        "runs": "${oc.env:LEAP_RUNS_DIR,runs}",
+        "cache": "${oc.env:LEAP_CACHE_DIR,.cache}",
+    }
+    if "root" in cast(DictConfig, cfg).get("data", {}):
         cfg.data.root = "${paths.data}"
-    if "cache_dir" in cfg.get("data", {}):
+    if "cache_dir" in cast(DictConfig, cfg).get("data", {}):
         cfg.data.cache_dir = "${paths.cache}"
     cfg.run_dir = "${paths.runs}/${run_name}"
     return OmegaConf.to_yaml(cfg)

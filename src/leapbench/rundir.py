@@ -1,5 +1,6 @@
 """A run's identity, its folder and its lock: when two configs are the same run, whether a finished run may be
 reused, and how a run folder is claimed and (re)started. Resume itself is ``checkpoint.load`` on this folder."""
+
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,10 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -27,8 +29,14 @@ NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Method keys for tables and figures only: not passed to the method's class, never part of a run's identity.
 PRESENTATION_KEYS = ("label", "color")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
-ADDED_DEFAULTS = {("method", "batched"): False, ("train", "test_at"): [], ("inner", "patience"): None,
-                  ("inner", "check_every"): 20, ("eval", "stop_on"): "heldout", ("eval", "val_per_class"): 3}
+ADDED_DEFAULTS = {
+    ("method", "batched"): False,
+    ("train", "test_at"): [],
+    ("inner", "patience"): None,
+    ("inner", "check_every"): 20,
+    ("eval", "stop_on"): "heldout",
+    ("eval", "val_per_class"): 3,
+}
 LOCK = ".lock"
 
 
@@ -53,7 +61,7 @@ def upgrade(config: dict) -> dict:
 
 def result_config(config: DictConfig | dict) -> dict:
     """The resolved config without the keys that only say where things are (they never change results)."""
-    c = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+    c = cast(dict, OmegaConf.to_container(config, resolve=True)) if isinstance(config, DictConfig) else dict(config)
     c = upgrade(c)
     c = {k: v for k, v in c.items() if k not in NON_RESULT_KEYS and k != "run_dir"}
     if isinstance(c.get("data"), dict):
@@ -62,8 +70,9 @@ def result_config(config: DictConfig | dict) -> dict:
         c["train"] = {k: v for k, v in c["train"].items() if k not in NON_RESULT_TRAIN_KEYS}
     if isinstance(c.get("method"), dict):
         c["method"] = {k: v for k, v in c["method"].items() if k not in PRESENTATION_KEYS}
-    defaults = ADDED_DEFAULTS | ({("eval", "stop_on"): "val", ("val", "stop_on"): "val"}
-                                 if c.get("experiment_name") == "multicv" else {})
+    defaults = ADDED_DEFAULTS | (
+        {("eval", "stop_on"): "val", ("val", "stop_on"): "val"} if c.get("experiment_name") == "multicv" else {}
+    )
     for (group, key), default in defaults.items():
         if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
             c[group] = {k: v for k, v in c[group].items() if k != key}
@@ -79,7 +88,7 @@ def finished_run(cfg: DictConfig) -> dict | None:
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "finished":
         return None  # crashed or interrupted: run again
-    old = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
+    old = cast(dict, OmegaConf.to_container(OmegaConf.load(config_path))) if config_path.exists() else None
     if old is not None and result_config(old) == result_config(cfg):
         return summary
     raise ConfigError(

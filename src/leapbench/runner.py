@@ -5,13 +5,14 @@ never asks Hydra for anything else, so it runs the same under ``@hydra.main``, a
 neighbours: ``rundir`` (run identity, lock, finished runs), ``checkpoint`` (resume), ``loop`` (the meta-training
 loop), ``provenance`` (command, commit, libraries).
 """
+
 from __future__ import annotations
 
 import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,19 +26,24 @@ from .evaluation import evaluate
 from .logging import NullLogger, TestProgress, write_json
 from .loop import MetaTraining, eval_seeds, test_schedule, where
 from .methods.base import InitializationLearner
+from .protocols import Benchmark
 from .provenance import provenance
 from .rundir import PRESENTATION_KEYS, finished_run, result_config, run_lock, start_run_dir
 
 __all__ = ["build", "eval_seeds", "method_node", "run", "validate"]
 
 # What a model gets from its benchmark (``data.model_kwargs``), stubbed to check the model's own keys early.
-MODEL_STUBS = {"leapbench.models.MultiHeadConvNet": {"heads": {"stub": 2}},
-               "leapbench.rl.a2c.ActorCritic": {"heads": {"stub": 2}}}
+MODEL_STUBS = {
+    "leapbench.models.MultiHeadConvNet": {"heads": {"stub": 2}},
+    "leapbench.rl.a2c.ActorCritic": {"heads": {"stub": 2}},
+}
 # What a method may need (``MetaLearner.requires``) and a learning process or benchmark may offer (``provides``).
-NEEDS = {"labels": "labelled training batches (a supervised learning process)",
-         "shared_head": "tasks that share one output layer",
-         "fixed_length": "every task to train for exactly inner.steps updates (no inner.epochs, no inner.patience)",
-         "plain_sgd": "a plain SGD inner optimizer (no momentum or weight decay)"}
+NEEDS = {
+    "labels": "labelled training batches (a supervised learning process)",
+    "shared_head": "tasks that share one output layer",
+    "fixed_length": "every task to train for exactly inner.steps updates (no inner.epochs, no inner.patience)",
+    "plain_sgd": "a plain SGD inner optimizer (no momentum or weight decay)",
+}
 
 
 def build(node: DictConfig, **kwargs):
@@ -67,8 +73,10 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.ckpt_every={t.ckpt_every} must be at least 1 (or null for no checkpoints).")
     for s in test_schedule(cfg):
         if not 1 <= s <= t.meta_steps:
-            raise ConfigError(f"train.test_at={list(t.test_at)} holds {s}; every entry must be a meta-step in "
-                              f"1..train.meta_steps={t.meta_steps}.")
+            raise ConfigError(
+                f"train.test_at={list(t.test_at)} holds {s}; every entry must be a meta-step in "
+                f"1..train.meta_steps={t.meta_steps}."
+            )
 
 
 def validate(cfg: DictConfig) -> tuple:
@@ -83,13 +91,18 @@ def validate(cfg: DictConfig) -> tuple:
     test_adapt, val_adapt = (build_adaptation(cfg, group) for group in ("eval", "val"))
     if cfg.device != "cpu" and inner.cpu_only:
         raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
-    offered = inner.provides | get_class(cfg.data._target_).provides
+    offered = inner.provides | cast(Benchmark, get_class(cfg.data._target_)).provides
     missing = sorted(learner.requires - offered)
     if missing:
-        how, fix = ((" with method.batched=true", "set method.batched=false") if learner.batched else
-                    ("", "choose another method (README, Methods)"))
-        raise ConfigError(f"method={learner.name}{how} needs {NEEDS[missing[0]]}, which experiment="
-                          f"{cfg.experiment_name} does not offer with this config; {fix}.")
+        how, fix = (
+            (" with method.batched=true", "set method.batched=false")
+            if learner.batched
+            else ("", "choose another method (README, Methods)")
+        )
+        raise ConfigError(
+            f"method={learner.name}{how} needs {NEEDS[missing[0]]}, which experiment="
+            f"{cfg.experiment_name} does not offer with this config; {fix}."
+        )
     if learner.batched and cfg.train.on_divergence == "skip":
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
     return inner, learner, val_adapt, test_adapt
@@ -97,7 +110,7 @@ def validate(cfg: DictConfig) -> tuple:
 
 def method_node(cfg: DictConfig) -> DictConfig:
     """``cfg.method`` without its presentation keys (label, colour): what the method's class is built from."""
-    node = OmegaConf.to_container(cfg.method, resolve=True)  # resolved here: the copy has no parent config
+    node = cast(dict, OmegaConf.to_container(cfg.method, resolve=True))  # resolved here: the copy has no parent config
     return OmegaConf.create({k: v for k, v in node.items() if k not in PRESENTATION_KEYS})
 
 
@@ -116,8 +129,10 @@ def check_device(name: str) -> int | None:
     if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise ConfigError(f"device={name} is not allowed; choose cpu, cuda or cuda:N.")
     if not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but PyTorch sees no CUDA GPU; run with device=cpu, or install a CUDA "
-                          "build of PyTorch on a machine with a GPU.")
+        raise ConfigError(
+            f"device={name} but PyTorch sees no CUDA GPU; run with device=cpu, or install a CUDA "
+            "build of PyTorch on a machine with a GPU."
+        )
     index = int(os.environ.get("LOCAL_RANK", "0")) if name == "cuda" else int(name.split(":", 1)[1])
     if index >= torch.cuda.device_count():
         raise ConfigError(f"device={name} asks for GPU {index}, but only {torch.cuda.device_count()} are visible.")
@@ -154,8 +169,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
     if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):
-        raise ConfigError(f"method={learner.name} trains one model on all tasks at once and has no task-parallel "
-                          "mode; run it without torchrun (one process per run, e.g. launcher=joblib).")
+        raise ConfigError(
+            f"method={learner.name} trains one model on all tasks at once and has no task-parallel "
+            "mode; run it without torchrun (one process per run, e.g. launcher=joblib)."
+        )
     # Only now, and only on rank 0: a config or data error leaves nothing behind.
     with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
         # Again, under the lock (another job may have finished it); rank 0 decides for every rank.
@@ -193,8 +210,12 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) ->
         loop.run()
         test = _test(cfg, loop, logger)
         summary = _summary(cfg, data, learner, loop, test) | {
-            "status": "finished", "wall_time_s": round(time.time() - start, 1), **origin,
-            "world_size": distributed.world(), "device": str(device)}
+            "status": "finished",
+            "wall_time_s": round(time.time() - start, 1),
+            **origin,
+            "world_size": distributed.world(),
+            "device": str(device),
+        }
         logger.summary(summary)
         if main:
             (run_dir / checkpoint.NAME).unlink(missing_ok=True)  # finished: summary.json is the record
@@ -205,8 +226,14 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) ->
         status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "crashed"
         try:
             if main:
-                write_json(run_dir / "summary.json", {"status": status, "error": f"{type(e).__name__}: {e}",
-                                                      "wall_time_s": round(time.time() - start, 1)})
+                write_json(
+                    run_dir / "summary.json",
+                    {
+                        "status": status,
+                        "error": f"{type(e).__name__}: {e}",
+                        "wall_time_s": round(time.time() - start, 1),
+                    },
+                )
         except WriteError:
             pass  # the disk is full or read-only: the original error says so
         raise
@@ -231,15 +258,25 @@ def _test(cfg: DictConfig, loop: MetaTraining, logger: Any) -> dict:
 def _summary(cfg: DictConfig, data: Any, learner: Any, loop: MetaTraining, test: dict) -> dict:
     scores, best, state = loop.test_adapt.scores, loop.state["best"], loop.state
     return {
-        "experiment": cfg.experiment_name, "method": learner.name, "scale": cfg.scale.name, "cell": cfg.cell,
-        "label": cfg.method.get("label", learner.name), "color": cfg.method.get("color"),
-        "num_pretrain": len(data.pretrain), "seed": cfg.seed, "split_seed": cfg.data.get("split_seed"),
+        "experiment": cfg.experiment_name,
+        "method": learner.name,
+        "scale": cfg.scale.name,
+        "cell": cfg.cell,
+        "label": cfg.method.get("label", learner.name),
+        "color": cfg.method.get("color"),
+        "num_pretrain": len(data.pretrain),
+        "seed": cfg.seed,
+        "split_seed": cfg.data.get("split_seed"),
         "test": {k: test[k] for k in scores}
-        | {f"{scores[0]}_per_task": [round(x[scores[0]], 2) for x in test["tasks"]],
-           "tasks": [x["name"] for x in test["tasks"]]},
-        "val_tasks": [x.name for x in data.val], "pretrain_tasks": [x.name for x in data.pretrain],
+        | {
+            f"{scores[0]}_per_task": [round(x[scores[0]], 2) for x in test["tasks"]],
+            "tasks": [x["name"] for x in test["tasks"]],
+        },
+        "val_tasks": [x.name for x in data.val],
+        "pretrain_tasks": [x.name for x in data.pretrain],
         "val_best": None if best is None else {k: best[k] for k in ("meta_step", "error", "auc")},
         "test_at": state["test_at"],
-        "meta_steps_done": state["meta_step"], "stopped_early": state["stopped"],
+        "meta_steps_done": state["meta_step"],
+        "stopped_early": state["stopped"],
         "mean_adapt_steps": float(np.mean([x["steps"] for x in test["tasks"]])),
     }

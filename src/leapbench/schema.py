@@ -8,6 +8,7 @@ key, the value and what is allowed, and for a misspelt key the closest names. Bo
 ``false``, closed sets are ``Literal`` choices, integers refuse fractions and strings. Ranges and rules across
 keys are checked where the objects are built (``runner.validate``), still before anything is written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import difflib
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +28,6 @@ from .errors import ConfigError
 from .evaluation import MODES, STOP_ON
 
 
-
 class Node:
     """A group checked against the schema of its ``_target_`` (``TARGETS``); an unknown target is not checked."""
 
@@ -36,6 +36,7 @@ class Node:
 class Optimizer:
     """A ``torch.optim`` class with ``_partial_: true`` (the model's parameters come later); its other keys are
     the class's own arguments (checked against its signature, not typed here)."""
+
     _target_: str
     _partial_: bool
     lr: float
@@ -60,21 +61,21 @@ class Logger:
     wandb: bool
     mode: Literal["offline", "online", "disabled", "shared", "dryrun", "run"]
     project: str
-    entity: Optional[str]
-    group: Optional[str]
-    job_type: Optional[str]
-    tags: Optional[list[str]]
+    entity: str | None
+    group: str | None
+    job_type: str | None
+    tags: list[str] | None
 
 
 @dataclass
 class Train:
     meta_steps: int
     meta_batch_size: int
-    val_every: Optional[int]
+    val_every: int | None
     val_metric: Literal["error", "auc"]
     early_stopping: bool
-    patience: Optional[int]
-    ckpt_every: Optional[int]
+    patience: int | None
+    ckpt_every: int | None
     on_divergence: Literal["stop", "skip"]
     test_at: list[int]
 
@@ -82,13 +83,14 @@ class Train:
 @dataclass
 class Run:
     """The top level, for every experiment."""
+
     experiment_name: Literal["omniglot", "multicv", "atari"]
     cell: str
-    heldout: Optional[Literal[DATASETS]]  # Multi-CV's held-out dataset
+    heldout: Literal[DATASETS] | None  # Multi-CV's held-out dataset
     seed: int
     tag: str
     overwrite: bool
-    threads: Optional[int]
+    threads: int | None
     device: str  # cpu, cuda or cuda:N (runner.check_device)
     progress: bool
     paths: Paths
@@ -107,6 +109,7 @@ class Run:
 
 # Benchmarks (data), models, learning processes and evaluations.
 
+
 @dataclass
 class Omniglot:
     _target_: str
@@ -122,7 +125,7 @@ class Omniglot:
     augment: Literal[AUGMENTATIONS]
     resample: Literal[RESAMPLING]
     download: bool
-    cache_dir: Optional[str]
+    cache_dir: str | None
 
 
 @dataclass
@@ -132,8 +135,8 @@ class MultiCV:
     heldout: Literal[DATASETS]
     datasets: list[Literal[DATASETS]]
     val_fraction: float
-    max_train: Optional[int]
-    max_test: Optional[int]
+    max_train: int | None
+    max_test: int | None
     split_seed: int
     download: bool
 
@@ -143,7 +146,7 @@ class AtariGames:
     _target_: str
     pool: list[str]  # ale-py ROM ids, checked against ale-py when the games are built
     heldout: list[str]
-    pretrain: Optional[list[str]]
+    pretrain: list[str] | None
     test: list[str]
 
 
@@ -182,7 +185,7 @@ class Inner:
     steps: int
     batch_size: int
     epochs: bool
-    patience: Optional[int]
+    patience: int | None
     check_every: int
 
 
@@ -197,7 +200,7 @@ class A2C:
     entropy_cost: float
     value_cost: float
     reward_clip: float
-    max_grad_norm: Optional[float]
+    max_grad_norm: float | None
     env_threads: int
     episode_frames: int
 
@@ -226,6 +229,7 @@ class Training:
 
 # Methods: every one has a name, and a label and colour for tables and figures (not passed to its class).
 
+
 @dataclass
 class Method:
     _target_: str
@@ -239,7 +243,7 @@ class Leap(Method):
     norm: bool
     loss: bool
     stabilizer: bool
-    scope: Optional[str]
+    scope: str | None
     batched: bool
     meta_optimizer: Optimizer
 
@@ -247,14 +251,14 @@ class Leap(Method):
 @dataclass
 class Reptile(Method):
     last_step: bool
-    scope: Optional[str]
+    scope: str | None
     batched: bool
     meta_optimizer: Optimizer
 
 
 @dataclass
 class FOMAML(Method):
-    scope: Optional[str]
+    scope: str | None
     batched: bool
     meta_optimizer: Optimizer
 
@@ -303,12 +307,12 @@ def keys_at(container: dict, path: str) -> list[str]:
     node, schema = container, Run
     for part in path.split(".") if path else []:
         kind = _fields(node, schema).get(part)
-        node = node.get(part) if isinstance(node, dict) else None
+        node = node.get(part) if isinstance(node, dict) else None  # type: ignore[assignment]
         if typing.get_origin(kind) is Union:  # Optional[X]
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is Node:
-            kind = TARGETS.get(node.get("_target_")) if isinstance(node, dict) else None
-        schema = kind
+            kind = TARGETS.get(str(node.get("_target_"))) if isinstance(node, dict) else None
+        schema = kind  # type: ignore[assignment]
     return list(_fields(node, schema))
 
 
@@ -321,7 +325,7 @@ def _fields(node: Any, schema: Any) -> dict[str, Any]:
         try:
             params = inspect.signature(get_class(node["_target_"])).parameters
         except Exception:  # not importable: building it will say so
-            params = {}
+            params = {}  # type: ignore[assignment]
         fields = {name: Any for name in params if name != "params"} | fields  # lr stays a number
     return fields
 
@@ -334,8 +338,11 @@ def _check_node(node: Any, schema: type, path: str) -> None:
         where = f"{path}.{key}" if path else key
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(f'{path}.{c}' if path else c for c in close)}?" if close else \
-                f"{path or 'the top level'} has {', '.join(sorted(fields))}."
+            hint = (
+                f"did you mean {' or '.join(f'{path}.{c}' if path else c for c in close)}?"
+                if close
+                else f"{path or 'the top level'} has {', '.join(sorted(fields))}."
+            )
             raise ConfigError(f"{where}: no such key; {hint}")
         _check_value(value, fields[key], where)
 
@@ -355,12 +362,14 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
     if value is None:
         raise ConfigError(f"{where}=null is not allowed; give {_describe(kind)}.")
     if dataclasses.is_dataclass(kind):
-        return _check_node(value, kind, where)
+        return _check_node(value, kind, where)  # type: ignore[arg-type]
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{where}={_show(value)} is not allowed; choose one of {', '.join(map(str, args))}{hint}.")
+            raise ConfigError(
+                f"{where}={_show(value)} is not allowed; choose one of {', '.join(map(str, args))}{hint}."
+            )
         return
     if origin is list:
         if not isinstance(value, list):
@@ -368,10 +377,12 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
         for i, item in enumerate(value):
             _check_value(item, args[0], f"{where}[{i}]")
         return
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)}[kind]  # tag=2 is a name
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
+    }[kind]  # tag=2 is a name
     if not ok(value):
         raise ConfigError(f"{where}={_show(value)} must be {_describe(kind)}.")
 

@@ -5,6 +5,7 @@ A :class:`Spec` per experiment says what a row of its table is (the cell key), w
 way is better and where the paper's numbers are. Every table, figure and notebook reads ``runs.csv`` (or the
 per-run curves); nothing else groups runs. Runs are paired by seed: one seed is one split and one initialization.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,16 @@ from .data.multicv import DATASETS
 
 # Columns of runs.csv that every experiment has, in order; a spec's cell key and scores follow.
 RUN_COLUMNS = ["experiment", "scale", "method", "label", "color", "cell", "num_pretrain", "seed", "split_seed"]
-TAIL_COLUMNS = ["val_best_step", "meta_steps_done", "stopped_early", "mean_adapt_steps", "wall_time_s", "commit",
-                "command", "run"]
+TAIL_COLUMNS = [
+    "val_best_step",
+    "meta_steps_done",
+    "stopped_early",
+    "mean_adapt_steps",
+    "wall_time_s",
+    "commit",
+    "command",
+    "run",
+]
 BOOTSTRAP_FROM = 10  # seeds from which paired differences also get a bootstrap interval
 BOOTSTRAP_SAMPLES = 10_000
 # Figure metadata without dates or versions, so that regenerating a figure rewrites the same bytes.
@@ -33,32 +42,57 @@ STABLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Pro
 @dataclass(frozen=True)
 class Spec:
     experiment: str
-    name: str                     # the outputs: <name>.csv (cells), <name>_paired.csv, <name>.md
-    cell: str                     # the column that names a table row: num_pretrain, heldout or game
+    name: str  # the outputs: <name>.csv (cells), <name>_paired.csv, <name>.md
+    cell: str  # the column that names a table row: num_pretrain, heldout or game
     cell_title: str
-    scores: dict[str, str]        # runs.csv column -> heading, the first is the headline score
+    scores: dict[str, str]  # runs.csv column -> heading, the first is the headline score
     higher_is_better: bool = False
-    paper: str | None = None      # results/paper/<file>: the paper's table, long or wide
-    reference: str = "leap"       # paired differences are reference - other method
+    paper: str | None = None  # results/paper/<file>: the paper's table, long or wide
+    reference: str = "leap"  # paired differences are reference - other method
     varied: tuple[str, ...] = ()  # config keys a sweep varies, recorded per run
-    cell_order: tuple = ()        # row order when the cell key is not a number (else numeric, else first seen)
+    cell_order: tuple = ()  # row order when the cell key is not a number (else numeric, else first seen)
     names: dict[str, str] = field(default_factory=dict)  # display names of cells
 
 
 SPECS = {
-    "omniglot": Spec("omniglot", "table1", "num_pretrain", "tasks",
-                     {"test_error": "test error (%)", "auc": "AUC", "train_error": "train error (%)"},
-                     paper="table1.csv",
-                     varied=("train.meta_steps", "train.meta_batch_size", "inner.steps", "eval.stop_on", "data.augment")),
-    "multicv": Spec("multicv", "table2", "heldout", "held-out task",
-                    {"test_error": "test error (%)", "train_error": "train error (%)", "auc": "AUC"},
-                    paper="table2.csv", varied=("train.meta_steps", "train.meta_batch_size", "inner.epochs"),
-                    cell_order=DATASETS,
-                    names={"facescrub": "Facescrub", "notmnist": "NotMNIST", "mnist": "MNIST",
-                           "fashionmnist": "Fashion MNIST", "cifar10": "Cifar10", "svhn": "SVHN",
-                           "cifar100": "Cifar100", "gtsrb": "Traffic Signs"}),
-    "atari": Spec("atari", "fig3", "game", "game", {"final_return": "final return", "mean_return": "mean return"},
-                  higher_is_better=True, varied=("train.meta_steps", "eval.frames")),
+    "omniglot": Spec(
+        "omniglot",
+        "table1",
+        "num_pretrain",
+        "tasks",
+        {"test_error": "test error (%)", "auc": "AUC", "train_error": "train error (%)"},
+        paper="table1.csv",
+        varied=("train.meta_steps", "train.meta_batch_size", "inner.steps", "eval.stop_on", "data.augment"),
+    ),
+    "multicv": Spec(
+        "multicv",
+        "table2",
+        "heldout",
+        "held-out task",
+        {"test_error": "test error (%)", "train_error": "train error (%)", "auc": "AUC"},
+        paper="table2.csv",
+        varied=("train.meta_steps", "train.meta_batch_size", "inner.epochs"),
+        cell_order=DATASETS,
+        names={
+            "facescrub": "Facescrub",
+            "notmnist": "NotMNIST",
+            "mnist": "MNIST",
+            "fashionmnist": "Fashion MNIST",
+            "cifar10": "Cifar10",
+            "svhn": "SVHN",
+            "cifar100": "Cifar100",
+            "gtsrb": "Traffic Signs",
+        },
+    ),
+    "atari": Spec(
+        "atari",
+        "fig3",
+        "game",
+        "game",
+        {"final_return": "final return", "mean_return": "mean return"},
+        higher_is_better=True,
+        varied=("train.meta_steps", "eval.frames"),
+    ),
 }
 
 
@@ -72,26 +106,58 @@ def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.Met
     s = json.loads((folder / "summary.json").read_text())
     cfg = OmegaConf.load(folder / "config.yaml") if (folder / "config.yaml").exists() else OmegaConf.create()
     m = registry.info(s["method"], known, s.get("label"), s.get("color"))
-    row = {"experiment": s["experiment"], "scale": s.get("scale"), "method": s["method"], "label": m.label,
-           "color": m.color, "cell": s.get("cell"), "num_pretrain": s.get("num_pretrain"), "seed": s["seed"],
-           "split_seed": s.get("split_seed")}
-    tail = {"val_best_step": (s.get("val_best") or {}).get("meta_step"), "meta_steps_done": s.get("meta_steps_done"),
-            "stopped_early": s.get("stopped_early"), "mean_adapt_steps": s.get("mean_adapt_steps"),
-            "wall_time_s": s.get("wall_time_s"), "commit": s.get("commit"), "command": s.get("command"),
-            "run": folder.relative_to(base).as_posix()}
+    row = {
+        "experiment": s["experiment"],
+        "scale": s.get("scale"),
+        "method": s["method"],
+        "label": m.label,
+        "color": m.color,
+        "cell": s.get("cell"),
+        "num_pretrain": s.get("num_pretrain"),
+        "seed": s["seed"],
+        "split_seed": s.get("split_seed"),
+    }
+    tail = {
+        "val_best_step": (s.get("val_best") or {}).get("meta_step"),
+        "meta_steps_done": s.get("meta_steps_done"),
+        "stopped_early": s.get("stopped_early"),
+        "mean_adapt_steps": s.get("mean_adapt_steps"),
+        "wall_time_s": s.get("wall_time_s"),
+        "commit": s.get("commit"),
+        "command": s.get("command"),
+        "run": folder.relative_to(base).as_posix(),
+    }
     overridden = [w.split("=", 1)[0].lstrip("+") for w in s.get("command", "").split()[2:] if "=" in w]
-    keys = list(spec.varied) + [k for k in overridden if k not in spec.varied and "." in k and not k.startswith("paths")]
+    keys = list(spec.varied) + [
+        k for k in overridden if k not in spec.varied and "." in k and not k.startswith("paths")
+    ]
     config = {k: _get(cfg, k) for k in keys}
     test = s["test"]
     if spec.experiment == "atari":
-        episodes = json.loads((folder / "curves.json").read_text()).get("episodes", {}) \
-            if (folder / "curves.json").exists() else {}
-        return [row | {"game": game, "final_return": test["return_per_task"][k],  # mean return: every episode's
-                       "mean_return": float(np.mean([r for _, r in episodes[game]])) if episodes.get(game) else np.nan}
-                | tail | config for k, game in enumerate(test["tasks"])]
+        episodes = (
+            json.loads((folder / "curves.json").read_text()).get("episodes", {})
+            if (folder / "curves.json").exists()
+            else {}
+        )
+        return [
+            row
+            | {
+                "game": game,
+                "final_return": test["return_per_task"][k],  # mean return: every episode's
+                "mean_return": float(np.mean([r for _, r in episodes[game]])) if episodes.get(game) else np.nan,
+            }
+            | tail
+            | config
+            for k, game in enumerate(test["tasks"])
+        ]
     cell = {"heldout": s.get("cell")} if spec.cell == "heldout" else {}
-    return [row | cell | {"test_error": test["error"], "auc": test["auc"], "train_error": test.get("train_error")}
-            | tail | config]
+    return [
+        row
+        | cell
+        | {"test_error": test["error"], "auc": test["auc"], "train_error": test.get("train_error")}
+        | tail
+        | config
+    ]
 
 
 def runs_table(base: Path, spec: Spec, conf_dirs: tuple[Path, ...] = ()) -> pd.DataFrame:
@@ -113,8 +179,9 @@ def runs_table(base: Path, spec: Spec, conf_dirs: tuple[Path, ...] = ()) -> pd.D
     for c in ("num_pretrain", "split_seed", "val_best_step", "meta_steps_done"):  # counts stay integers beside gaps
         df[c] = df[c].astype("Int64")
     first = RUN_COLUMNS + ([spec.cell] if spec.cell not in RUN_COLUMNS else []) + list(spec.scores) + TAIL_COLUMNS
-    return df[first + [c for c in df.columns if c not in first]].sort_values(["method", spec.cell, "seed", "run"],
-                                                                             kind="stable", ignore_index=True)
+    return df[first + [c for c in df.columns if c not in first]].sort_values(
+        ["method", spec.cell, "seed", "run"], kind="stable", ignore_index=True
+    )
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -125,8 +192,9 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def read_runs(path: Path) -> pd.DataFrame:
     """A runs.csv as written (integer columns stay integers where a value is missing)."""
-    return pd.read_csv(path, dtype={c: "Int64" for c in ("num_pretrain", "split_seed", "val_best_step",
-                                                          "meta_steps_done")})
+    return pd.read_csv(
+        path, dtype={c: "Int64" for c in ("num_pretrain", "split_seed", "val_best_step", "meta_steps_done")}
+    )
 
 
 def method_order(df: pd.DataFrame, spec: Spec, root: Path) -> list[str]:
@@ -157,16 +225,23 @@ def misfits(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     headline = next(iter(spec.scores))
     bad = df[spec.cell].isna() | df[headline].isna() | df.duplicated(["method", spec.cell, "seed"], keep="first")
     for run in df.loc[bad, "run"].drop_duplicates():
-        print(f"not in the {spec.experiment} table: {run} (no {spec.cell} or {headline}, or a second run of its "
-              "method, cell and seed)", file=sys.stderr)
+        print(
+            f"not in the {spec.experiment} table: {run} (no {spec.cell} or {headline}, or a second run of its "
+            "method, cell and seed)",
+            file=sys.stderr,
+        )
     return df[~bad]
 
 
 def cell_stats(df: pd.DataFrame, spec: Spec, root: Path) -> pd.DataFrame:
     """One row per (cell, method): mean, sample std and count over seeds of every score, the paper's value beside."""
     g = df.groupby([spec.cell, "method"], sort=False)
-    out = g.agg(label=("label", "first"), color=("color", "first"), n_seeds=("seed", "nunique"),
-                **{f"{c}_{f}": (c, f) for c in spec.scores for f in ("mean", "std")}).reset_index()
+    out = g.agg(
+        label=("label", "first"),
+        color=("color", "first"),
+        n_seeds=("seed", "nunique"),
+        **{f"{c}_{f}": (c, f) for c in spec.scores for f in ("mean", "std")},
+    ).reset_index()
     for c in spec.scores:  # half-width of the 95 % Student-t interval of the mean over seeds
         n = out["n_seeds"].where(out["n_seeds"] > 1)
         out[f"{c}_ci95"] = stats.t.ppf(0.975, n - 1) * out[f"{c}_std"] / np.sqrt(n)
@@ -179,7 +254,8 @@ def cell_stats(df: pd.DataFrame, spec: Spec, root: Path) -> pd.DataFrame:
 def _sorted(out: pd.DataFrame, df: pd.DataFrame, spec: Spec, root: Path) -> pd.DataFrame:
     cells, methods = cell_order(df, spec), method_order(df, spec, root)
     key = out[spec.cell].map({c: i for i, c in enumerate(cells)}) * 1000 + out["method"].map(
-        {m: i for i, m in enumerate(methods)})
+        {m: i for i, m in enumerate(methods)}
+    )
     return out.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
 
 
@@ -187,8 +263,14 @@ def interval(d: np.ndarray) -> dict[str, float]:
     """Mean of paired differences with its 95 % Student-t interval, and a percentile bootstrap (fixed seed) from
     ``BOOTSTRAP_FROM`` pairs on; one pair gives the mean alone."""
     d = np.asarray(d, dtype=float)
-    out = {"n_pairs": len(d), "diff_mean": float(d.mean()), "t_low": np.nan, "t_high": np.nan,
-           "boot_low": np.nan, "boot_high": np.nan}
+    out = {
+        "n_pairs": len(d),
+        "diff_mean": float(d.mean()),
+        "t_low": np.nan,
+        "t_high": np.nan,
+        "boot_low": np.nan,
+        "boot_high": np.nan,
+    }
     if len(d) >= 2:
         half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
         out |= {"t_low": out["diff_mean"] - half, "t_high": out["diff_mean"] + half}
@@ -213,10 +295,32 @@ def paired(df: pd.DataFrame, spec: Spec, root: Path) -> pd.DataFrame:
                 if len(d):
                     r = interval(d)
                     low, high = r["t_low"], r["t_high"]
-                    rows.append({spec.cell: cell, "method": m, "label": pairs["label_other"].iloc[0], "score": score,
-                                 **r, "excludes_zero": bool(len(d) >= 2 and (low > 0 or high < 0))})
-    out = pd.DataFrame(rows, columns=[spec.cell, "method", "label", "score", "n_pairs", "diff_mean", "t_low",
-                                      "t_high", "boot_low", "boot_high", "excludes_zero"])
+                    rows.append(
+                        {
+                            spec.cell: cell,
+                            "method": m,
+                            "label": pairs["label_other"].iloc[0],
+                            "score": score,
+                            **r,
+                            "excludes_zero": bool(len(d) >= 2 and (low > 0 or high < 0)),
+                        }
+                    )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            spec.cell,
+            "method",
+            "label",
+            "score",
+            "n_pairs",
+            "diff_mean",
+            "t_low",
+            "t_high",
+            "boot_low",
+            "boot_high",
+            "excludes_zero",
+        ],
+    )
     return _sorted(out, df, spec, root) if len(out) else out
 
 
@@ -254,7 +358,7 @@ def markdown_cells(stats_: pd.DataFrame, spec: Spec, score: str, df: pd.DataFram
     most = int(stats_["n_seeds"].max())
     methods = method_order(df, spec, root)
     labels = stats_.drop_duplicates("method").set_index("method")["label"]
-    grid = {}
+    grid: dict[tuple, dict] = {}
     for r in stats_.itertuples(index=False):
         r = r._asdict()
         mean, sd, half = r[score + "_mean"], r[score + "_std"], r[score + "_ci95"]
@@ -267,8 +371,10 @@ def markdown_cells(stats_: pd.DataFrame, spec: Spec, score: str, df: pd.DataFram
             text += f" ({paper:.1f})"
         grid.setdefault(r[spec.cell], {})[r["method"]] = text
     cells = cell_order(df, spec)
-    table = pd.DataFrame([[spec.names.get(c, c)] + [grid.get(c, {}).get(m, "–") for m in methods] for c in cells],
-                         columns=[spec.cell_title] + [labels[m] for m in methods])
+    table = pd.DataFrame(
+        [[spec.names.get(c, c)] + [grid.get(c, {}).get(m, "–") for m in methods] for c in cells],
+        columns=[spec.cell_title] + [labels[m] for m in methods],
+    )
     return table.to_markdown(index=False, disable_numparse=True)
 
 
@@ -281,14 +387,19 @@ def markdown_paired(pairs: pd.DataFrame, spec: Spec, scores: list[str], df: pd.D
     for r in pairs.itertuples(index=False):
         if r.score in scores:
             grid.setdefault((getattr(r, spec.cell), r.method), {})[r.score] = fmt_interval(r)
-    rows = [[spec.names.get(c, c)] + [" / ".join(grid.get((c, m), {}).get(s, "–") for s in scores) for m in others]
-            for c in cell_order(df, spec)]
+    rows = [
+        [spec.names.get(c, c)] + [" / ".join(grid.get((c, m), {}).get(s, "–") for s in scores) for m in others]
+        for c in cell_order(df, spec)
+    ]
     return pd.DataFrame(rows, columns=[spec.cell_title] + [labels[m] for m in others]).to_markdown(
-        index=False, disable_numparse=True)
+        index=False, disable_numparse=True
+    )
 
 
 def provenance_line(df: pd.DataFrame, command: str) -> str:
     seeds = sorted({int(s) for s in df["seed"]})
     commits = sorted({str(c)[:12] for c in df["commit"].dropna()})
-    return (f"Generated by `{command}` from `runs.csv` ({df['run'].nunique()} runs, seeds {seeds}; "
-            f"commit(s) {', '.join(commits)}).")
+    return (
+        f"Generated by `{command}` from `runs.csv` ({df['run'].nunique()} runs, seeds {seeds}; "
+        f"commit(s) {', '.join(commits)})."
+    )

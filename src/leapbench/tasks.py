@@ -1,8 +1,9 @@
 """A supervised task: training images to learn from and held-out images to score the result."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor

@@ -4,6 +4,7 @@ Meta-training draws its task batches from ``pretrain`` games (by default the poo
 ``test`` lists the games Fig. 3 evaluates on: games seen in meta-training, held-out games, and games with
 larger action spaces. Nothing is downloaded: ale-py ships the ROMs.
 """
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -23,8 +24,10 @@ class AtariGames:
                 check_game(game, f"data.{key}")
         wide = [g for g in pool if counts[g] > MAX_ACTIONS]
         if wide:
-            raise ConfigError(f"data.pool holds games with more than {MAX_ACTIONS} actions ({', '.join(wide)}); "
-                              "the paper meta-trains on games with at most 10.")
+            raise ConfigError(
+                f"data.pool holds games with more than {MAX_ACTIONS} actions ({', '.join(wide)}); "
+                "the paper meta-trains on games with at most 10."
+            )
         stray = [g for g in heldout if g not in pool]
         if stray:
             raise ConfigError(f"data.heldout games {stray} are not in data.pool.")

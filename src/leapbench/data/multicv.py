@@ -23,13 +23,15 @@ datasets it knows (MNIST, FashionMNIST, CIFAR-10/100, SVHN, GTSRB).
   else the shared ``facescrub/facescrub_hat_test_subsets.npz``. That file holds HAT's top-20 and top-10
   *test* splits (10 % of each person's crops); the top-10 labels are mapped onto the top-20 ids through
   the images both files hold, the union is kept once per distinct image (725 images, 20 people) and split
-  by :func:`split` as for notMNIST (580 train / 145 test). Labels of arbitrary ids are remapped to 0..K-1 in sorted order.
+  by :func:`split` as for notMNIST (580 train / 145 test). Labels of arbitrary ids are remapped to 0..K-1 in
+  sorted order.
 
 Normalization (:func:`normalize`) uses HAT's per-dataset constants where they describe the images we
 feed (``NORM``). Grey datasets are normalized with their 1-channel constants and then repeated to 3
 identical channels, exactly as HAT does (``image.expand(1, 3, H, W)`` after ``Normalize``), so one conv
 body sees 3x32x32 for every dataset.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,8 +49,15 @@ from ..errors import ConfigError, DataError
 from ..tasks import Task
 
 DATASETS = ("facescrub", "notmnist", "mnist", "fashionmnist", "cifar10", "svhn", "cifar100", "gtsrb")
-NUM_CLASSES = {"notmnist": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10, "svhn": 10, "cifar100": 100,
-               "gtsrb": 43}  # facescrub: however many people the file holds
+NUM_CLASSES = {
+    "notmnist": 10,
+    "mnist": 10,
+    "fashionmnist": 10,
+    "cifar10": 10,
+    "svhn": 10,
+    "cifar100": 100,
+    "gtsrb": 43,
+}  # facescrub: however many people the file holds
 SPLIT_SEED, TEST_FRACTION = 0, 0.2
 _CIFAR = ([x / 255 for x in (125.3, 123.0, 113.9)], [x / 255 for x in (63.0, 62.1, 66.7)])
 # (mean, std) per channel on [0, 1] pixels. From HAT, github.com/joansj/hat src/dataloaders/mixture.py:
@@ -72,7 +81,8 @@ NORM: dict[str, tuple[list[float], list[float]]] = {
 
 @dataclass
 class Arrays:
-    """One dataset in memory: uint8 images (N, 32, 32, C) channels-last with C in {1, 3}, int64 labels in [0, num_classes)."""
+    """One dataset in memory: uint8 images (N, 32, 32, C) channels-last with C in {1, 3}, int64 labels in
+    [0, num_classes)."""
 
     name: str
     x_train: np.ndarray
@@ -90,7 +100,7 @@ def load_arrays(name: str, root: str | os.PathLike, download: bool = False) -> A
     xtr, ytr, xte, yte = _LOADERS[name](name, root, download)
     if name == "facescrub":
         classes, y = np.unique(np.concatenate([ytr, yte]), return_inverse=True)
-        ytr, yte, k = y[: len(ytr)], y[len(ytr):], len(classes)
+        ytr, yte, k = y[: len(ytr)], y[len(ytr) :], len(classes)
     else:
         k = NUM_CLASSES[name]
     ytr, yte = np.asarray(ytr, np.int64).ravel(), np.asarray(yte, np.int64).ravel()
@@ -116,7 +126,8 @@ def normalize(arrays_x: np.ndarray, name: str) -> torch.Tensor:
 
 def split(x: np.ndarray, y: np.ndarray, seed: int = SPLIT_SEED, frac: float = TEST_FRACTION):
     """Stratified train/test split: ``round(frac * n_c)`` test images per class, drawn (RandomState(seed))
-    among images that occur once (fewer if a class lacks them); duplicated pictures stay in train. Returns ``x_tr, y_tr, x_te, y_te``."""
+    among images that occur once (fewer if a class lacks them); duplicated pictures stay in train.
+    Returns ``x_tr, y_tr, x_te, y_te``."""
     _, inv, cnt = np.unique(x.reshape(len(x), -1), axis=0, return_inverse=True, return_counts=True)
     single = cnt[inv.reshape(-1)] == 1
     rng, test = np.random.RandomState(seed), np.zeros(len(y), bool)
@@ -129,14 +140,18 @@ def split(x: np.ndarray, y: np.ndarray, seed: int = SPLIT_SEED, frac: float = TE
 
 # ----------------------------------------------------------------------------------------------- readers
 def _bad(path: Path, e: Exception) -> DataError:
-    return DataError(f"Cannot read {path} ({type(e).__name__}: {e}); the file is truncated or corrupt. "
-                     "Replace it with an intact copy.")
+    return DataError(
+        f"Cannot read {path} ({type(e).__name__}: {e}); the file is truncated or corrupt. "
+        "Replace it with an intact copy."
+    )
 
 
 def _missing(name: str, root: Path, paths: list[Path], how: str) -> DataError:
     listed = "\n".join(f"  {p}" for p in paths)
-    return DataError(f"{name} not found under data.root={root}. Missing:\n{listed}\n{how} "
-                     "Or point data.root / LEAP_DATA_DIR at a folder that holds a copy in this layout.")
+    return DataError(
+        f"{name} not found under data.root={root}. Missing:\n{listed}\n{how} "
+        "Or point data.root / LEAP_DATA_DIR at a folder that holds a copy in this layout."
+    )
 
 
 _TV_HOW = "Or set data.download=true on a machine with network access (torchvision downloads it)."
@@ -153,18 +168,22 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     dims = [int(d) for d in np.frombuffer(raw, ">u4", ndim, 4)]
     n, head = int(np.prod(dims)), 4 + 4 * ndim
     if len(raw) != head + n:
-        raise DataError(f"{path} is truncated or corrupt: its header promises {dims} ({n} bytes of data) but it "
-                        f"holds {len(raw) - head}. Replace it with an intact copy.")
+        raise DataError(
+            f"{path} is truncated or corrupt: its header promises {dims} ({n} bytes of data) but it "
+            f"holds {len(raw) - head}. Replace it with an intact copy."
+        )
     return np.frombuffer(raw, np.uint8, n, head).reshape(dims)
 
 
 def _idx_files(folder: Path, prefix: str) -> tuple[Path | None, Path | None]:
     def find(stem: str) -> Path | None:
         return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
     return find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte")
 
 
-def _idx_pair(img: Path, lab: Path) -> tuple[np.ndarray, np.ndarray]:
+def _idx_pair(img: Path | None, lab: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    assert img is not None and lab is not None, "the caller reports missing files first"
     x, y = read_idx(img, 3), read_idx(lab, 1)
     if len(x) != len(y):
         raise DataError(f"{img} holds {len(x)} images but {lab} holds {len(y)} labels; replace the mismatched file.")
@@ -180,13 +199,18 @@ def _mnist(name: str, root: Path, download: bool):
     files = [*_idx_files(folder, "train"), *_idx_files(folder, "t10k")]
     if None in files and download:
         import torchvision.datasets as tvd
+
         cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
         _torchvision(name, root, lambda: [cls(str(root), train=t, download=True) for t in (True, False)])
         files = [*_idx_files(folder, "train"), *_idx_files(folder, "t10k")]
     if None in files:
         wanted = _want(folder, ("train", "t10k"))
-        raise _missing(name, root, [w for w, f in zip(wanted, files) if f is None],
-                       f"Put the four official files there (gzipped or not). {_TV_HOW}")
+        raise _missing(
+            name,
+            root,
+            [w for w, f in zip(wanted, files) if f is None],
+            f"Put the four official files there (gzipped or not). {_TV_HOW}",
+        )
     return (*_idx_pair(files[0], files[1]), *_idx_pair(files[2], files[3]))
 
 
@@ -194,11 +218,16 @@ def _notmnist(name: str, root: Path, download: bool):
     folder = root / "notMNIST"
     train, test = _idx_files(folder, "train"), _idx_files(folder, "t10k")
     pre = ("t10k",) if train == (None, None) else ("train", "t10k")  # train-* is optional, but not half of it
-    missing = [w for w, f in zip(_want(folder, pre), (*train, *test)[-2 * len(pre):]) if f is None]
+    missing = [w for w, f in zip(_want(folder, pre), (*train, *test)[-2 * len(pre) :]) if f is None]
     if missing:
-        raise _missing(name, root, missing, "Get the MNIST-format release (github.com/davidflanagan/notMNIST-to-MNIST; "
-                       "t10k-* alone is enough, it is then split 80/20) and put the files there; there is no "
-                       "automatic download.")
+        raise _missing(
+            name,
+            root,
+            missing,
+            "Get the MNIST-format release (github.com/davidflanagan/notMNIST-to-MNIST; "
+            "t10k-* alone is enough, it is then split 80/20) and put the files there; there is no "
+            "automatic download.",
+        )
     if train == (None, None):
         return split(*_idx_pair(*test))
     return (*_idx_pair(*train), *_idx_pair(*test))
@@ -232,14 +261,18 @@ def _cifar_batches(paths: list[Path], label_key: bytes):
 
 
 def _cifar(name: str, root: Path, download: bool):
-    folder, label, tv = ((root / "cifar-10-batches-py", b"labels", "CIFAR10") if name == "cifar10"
-                         else (root / "cifar-100-python", b"fine_labels", "CIFAR100"))
+    folder, label, tv = (
+        (root / "cifar-10-batches-py", b"labels", "CIFAR10")
+        if name == "cifar10"
+        else (root / "cifar-100-python", b"fine_labels", "CIFAR100")
+    )
     names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"] if name == "cifar10" else ["train", "test"]
     npz = root / "cifar10" / "cifar10_subset.npz"
     if not folder.is_dir() and name == "cifar10" and npz.is_file():
         return _npz(npz, ("x_train", "y_train", "x_test", "y_test"))
     if not folder.is_dir() and download:
         import torchvision.datasets as tvd
+
         _torchvision(name, root, lambda: [getattr(tvd, tv)(str(root), train=t, download=True) for t in (True, False)])
     missing = [folder / n for n in names if not (folder / n).is_file()]
     if missing:
@@ -250,15 +283,21 @@ def _cifar(name: str, root: Path, download: bool):
 
 def _svhn(name: str, root: Path, download: bool):
     from scipy.io import loadmat
+
     folder, out = root / "svhn", []
     for s in ("train", "test"):
         path = folder / f"{s}_32x32.mat"
         if not path.is_file() and download:
             from torchvision.datasets import SVHN
+
             _torchvision(name, root, lambda: SVHN(str(folder), split=s, download=True))  # noqa: B023
         if not path.is_file():
-            raise _missing(name, root, [p for p in (folder / "train_32x32.mat", folder / "test_32x32.mat")
-                                        if not p.is_file()], f"Put torchvision's SVHN files there. {_TV_HOW}")
+            raise _missing(
+                name,
+                root,
+                [p for p in (folder / "train_32x32.mat", folder / "test_32x32.mat") if not p.is_file()],
+                f"Put torchvision's SVHN files there. {_TV_HOW}",
+            )
         try:
             m = loadmat(path, variable_names=["X", "y"])
             x, y = np.asarray(m["X"], np.uint8).transpose(3, 0, 1, 2), np.asarray(m["y"], np.int64).ravel()
@@ -278,14 +317,22 @@ def _gtsrb(name: str, root: Path, download: bool):
         return _npz(npz, ("x_train", "y_train", "x_test", "y_test"))
     if not have_folder() and download:
         from torchvision.datasets import GTSRB
+
         _torchvision(name, root, lambda: [GTSRB(str(root), split=s, download=True) for s in ("train", "test")])
     train_dir = next((d for d in train_dirs if d.is_dir()), None)
     csv_path = next((c for c in csvs if c.is_file()), None)
-    missing = [p for p, ok in ((train_dirs[0], train_dir), (test_dir, test_dir.is_dir()), (csvs[0], csv_path)) if not ok]
+    missing = [
+        p for p, ok in ((train_dirs[0], train_dir), (test_dir, test_dir.is_dir()), (csvs[0], csv_path)) if not ok
+    ]
     if missing:
-        raise _missing(name, root, missing + ([] if have_folder() else [npz]),
-                       f"Either put the shared 32x32 arrays file at {npz}, or torchvision's GTSRB folders at the "
-                       f"other paths (whole images, resized to 32x32 when read). {_TV_HOW}")
+        raise _missing(
+            name,
+            root,
+            missing + ([] if have_folder() else [npz]),
+            f"Either put the shared 32x32 arrays file at {npz}, or torchvision's GTSRB folders at the "
+            f"other paths (whole images, resized to 32x32 when read). {_TV_HOW}",
+        )
+    assert train_dir is not None and csv_path is not None  # else reported missing above
     train = sorted((p, int(d.name)) for d in train_dir.iterdir() if d.is_dir() for p in d.glob("*.ppm"))
     try:
         with open(csv_path, newline="") as f:
@@ -297,11 +344,12 @@ def _gtsrb(name: str, root: Path, download: bool):
 
 def _ppms(items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
+
     x = np.empty((len(items), 32, 32, 3), np.uint8)
     for i, (p, _) in enumerate(items):
         try:
             with Image.open(p) as im:
-                x[i] = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR))
+                x[i] = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
         except Exception as e:  # noqa: BLE001 - missing or undecodable image
             raise _bad(p, e) from e
     return x, np.array([c for _, c in items], np.int64)
@@ -314,10 +362,16 @@ def _facescrub(name: str, root: Path, download: bool):
         parts = [_pickle(p, ("features", "labels"), "latin1") for p in hat]
         return [a for f, y in parts for a in (np.asarray(f).astype(np.uint8).reshape(-1, 32, 32, 3), np.asarray(y))]
     if not npz.is_file():
-        raise _missing(name, root, [npz, *hat], (
-            "Put either the shared arrays file (facescrub_hat_test_subsets.npz, made from the HAT co-author's "
-            "github.com/nkundiushuti/facescrub_subset data/facescrub_test_{10,20}.pkl) or the two pickles of "
-            "that repository's data/facescrub_100.zip there; there is no automatic download."))
+        raise _missing(
+            name,
+            root,
+            [npz, *hat],
+            (
+                "Put either the shared arrays file (facescrub_hat_test_subsets.npz, made from the HAT co-author's "
+                "github.com/nkundiushuti/facescrub_subset data/facescrub_test_{10,20}.pkl) or the two pickles of "
+                "that repository's data/facescrub_100.zip there; there is no automatic download."
+            ),
+        )
     x20, y20, x10, y10 = _npz(npz, ("x_top20", "y_top20", "x_top10", "y_top10"))
     where = {img.tobytes(): int(c) for img, c in zip(x20, y20)}
     pairs = {(int(c), where[img.tobytes()]) for img, c in zip(x10, y10) if img.tobytes() in where}
@@ -335,12 +389,22 @@ def _torchvision(name: str, root: Path, fetch) -> None:
         root.mkdir(parents=True, exist_ok=True)
         fetch()
     except Exception as e:  # noqa: BLE001 - any network/IO failure gets the same advice
-        raise DataError(f"{name} is not under data.root={root} and the torchvision download failed "
-                        f"({type(e).__name__}: {e}). Download it elsewhere and copy it into {root}.") from e
+        raise DataError(
+            f"{name} is not under data.root={root} and the torchvision download failed "
+            f"({type(e).__name__}: {e}). Download it elsewhere and copy it into {root}."
+        ) from e
 
 
-_LOADERS = {"mnist": _mnist, "fashionmnist": _mnist, "notmnist": _notmnist, "cifar10": _cifar, "cifar100": _cifar,
-            "svhn": _svhn, "gtsrb": _gtsrb, "facescrub": _facescrub}
+_LOADERS = {
+    "mnist": _mnist,
+    "fashionmnist": _mnist,
+    "notmnist": _notmnist,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "svhn": _svhn,
+    "gtsrb": _gtsrb,
+    "facescrub": _facescrub,
+}
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
@@ -358,9 +422,17 @@ class MultiCV:
 
     provides: frozenset[str] = frozenset()  # every dataset has its own head (runner.NEEDS)
 
-    def __init__(self, root: str, heldout: str, datasets: list[str] | tuple[str, ...] = DATASETS,
-                 val_fraction: float = 0.1, max_train: int | None = None, max_test: int | None = None,
-                 split_seed: int = 0, download: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        heldout: str,
+        datasets: list[str] | tuple[str, ...] = DATASETS,
+        val_fraction: float = 0.1,
+        max_train: int | None = None,
+        max_test: int | None = None,
+        split_seed: int = 0,
+        download: bool = False,
+    ) -> None:
         datasets = list(datasets)
         unknown = [d for d in datasets + [heldout] if d not in DATASETS]
         if unknown:
@@ -374,8 +446,10 @@ class MultiCV:
         arrays = {d: load_arrays(d, root, download) for d in datasets}  # every one, or a clear error now
         self.heads = {d: a.num_classes for d, a in arrays.items()}
         self.heldout = heldout
-        self.pretrain = [self._task(arrays[d], i, val_fraction, max_train, max_test, split_seed)
-                         for i, d in enumerate(d for d in datasets if d != heldout)]
+        self.pretrain = [
+            self._task(arrays[d], i, val_fraction, max_train, max_test, split_seed)
+            for i, d in enumerate(d for d in datasets if d != heldout)
+        ]
         self.val: list[Task] = []  # no validation datasets: leave-one-out uses all of them
         self.test = [self._task(arrays[heldout], -1, val_fraction, max_train, max_test, split_seed)]
 
@@ -385,14 +459,23 @@ class MultiCV:
         return {"heads": dict(self.heads)}
 
     @staticmethod
-    def _task(a: Arrays, task_id: int, val_fraction: float, max_train: int | None, max_test: int | None,
-              seed: int) -> Task:
+    def _task(
+        a: Arrays, task_id: int, val_fraction: float, max_train: int | None, max_test: int | None, seed: int
+    ) -> Task:
         rng = np.random.RandomState(seed)
         tr = rng.permutation(len(a.y_train))[:max_train]
         te = np.sort(rng.permutation(len(a.y_test))[:max_test])
         n_val = max(1, int(round(val_fraction * len(tr))))
         val, tr = np.sort(tr[:n_val]), np.sort(tr[n_val:])
         x, y = lambda arr, idx: normalize(arr[idx], a.name), lambda arr, idx: torch.from_numpy(arr[idx])
-        return Task(name=a.name, x_train=x(a.x_train, tr), y_train=y(a.y_train, tr),
-                    x_heldout=x(a.x_test, te), y_heldout=y(a.y_test, te), task_id=task_id, head=a.name,
-                    x_val=x(a.x_train, val), y_val=y(a.y_train, val))
+        return Task(
+            name=a.name,
+            x_train=x(a.x_train, tr),
+            y_train=y(a.y_train, tr),
+            x_heldout=x(a.x_test, te),
+            y_heldout=y(a.y_test, te),
+            task_id=task_id,
+            head=a.name,
+            x_val=x(a.x_train, val),
+            y_val=y(a.y_train, val),
+        )

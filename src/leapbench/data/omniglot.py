@@ -15,6 +15,7 @@ paper's seeds are different splits):
   pretraining the first ``num_pretrain``, test the next 10 and validation the rest (test moves with
   ``num_pretrain``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,11 +95,11 @@ def _read(path: Path, size: int, resample: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if resample == "antialias":  # a true LANCZOS resize of the grey image
-                im = im.convert("L").resize((size, size), Image.LANCZOS)
-                return np.asarray(im, dtype=np.uint8)
+                grey = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                return np.asarray(grey, dtype=np.uint8)
             # The reference resizes the 1-bit PNG with LANCZOS, which Pillow performs as NEAREST for mode "1".
-            im = im.resize((size, size), Image.LANCZOS)
-            return np.asarray(im.convert("L"), dtype=np.uint8)
+            small = im.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(small.convert("L"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"Cannot read Omniglot image {path}: {e}. Replace the file with an intact copy.") from e
 
@@ -117,18 +118,18 @@ def load_images(folder: Path, listing: dict, size: int, resample: str, cache_dir
                     return {k: z[f"a{i}"] for i, k in enumerate(keys)}
             except (OSError, ValueError, KeyError):
                 cache.unlink(missing_ok=True)  # a corrupt cache is rebuilt, never trusted
-    images = {
-        k: np.stack([_read(p, size, resample) for p in listing[k.split("/")[0]][k.split("/")[1]]])
-        for k in keys
-    }
+    images = {k: np.stack([_read(p, size, resample) for p in listing[k.split("/")[0]][k.split("/")[1]]]) for k in keys}
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(cache, "wb") as f:
-                np.savez(f, **{f"a{i}": images[k] for i, k in enumerate(keys)})
+                np.savez(f, **{f"a{i}": images[k] for i, k in enumerate(keys)})  # type: ignore[arg-type]
         except (OSError, WriteError) as e:  # a cache is an optimization: go on without it
-            warnings.warn(f"Image cache not written ({e}); set paths.cache / LEAP_CACHE_DIR to a writable folder "
-                          "to load faster next time.", stacklevel=2)
+            warnings.warn(
+                f"Image cache not written ({e}); set paths.cache / LEAP_CACHE_DIR to a writable folder "
+                "to load faster next time.",
+                stacklevel=2,
+            )
     return images
 
 
@@ -151,7 +152,9 @@ def make_augment(mode: str) -> tuple[Augment | None, bool]:
     raise ConfigError(f"Unknown data.augment={mode!r}; choose one of {', '.join(AUGMENTATIONS)}.")
 
 
-def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill: float) -> torch.Tensor:
+def _affine(
+    x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill: float
+) -> torch.Tensor:
     """Rotate by ``angle`` (radians), scale and shift (normalized units) each image about its centre."""
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     a = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # inverse map
@@ -205,9 +208,13 @@ class Omniglot:
         listing = list_alphabets(folder)
         eligible = [a for a, chars in listing.items() if len(chars) >= num_classes]
         if legacy_split:
-            pretrain, test, val, chars = _legacy_split(listing, eligible, num_pretrain, num_test, num_classes, split_seed)
+            pretrain, test, val, chars = _legacy_split(
+                listing, eligible, num_pretrain, num_test, num_classes, split_seed
+            )
         else:
-            pretrain, test, val, chars = _nested_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed)
+            pretrain, test, val, chars = _nested_split(
+                listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed
+            )
         images = load_images(folder, listing, image_size, resample, cache_dir)
 
         def task(name: str, task_id: int) -> Task:
@@ -249,10 +256,12 @@ def _pick_pretrain(pool: list[str], num_pretrain: int) -> list[str]:
 
 def _nested_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed):
     if num_test + num_val >= len(eligible):
-        raise ConfigError(f"data.num_test + data.num_val must leave alphabets for pretraining ({len(eligible)} eligible).")
+        raise ConfigError(
+            f"data.num_test + data.num_val must leave alphabets for pretraining ({len(eligible)} eligible)."
+        )
     order = list(eligible)
     random.Random(split_seed).shuffle(order)
-    test, val, pool = order[:num_test], order[num_test:num_test + num_val], order[num_test + num_val:]
+    test, val, pool = order[:num_test], order[num_test : num_test + num_val], order[num_test + num_val :]
     chars = {a: random.Random(f"{split_seed}:{a}").sample(sorted(listing[a]), num_classes) for a in eligible}
     return _pick_pretrain(pool, num_pretrain), test, val, chars
 
@@ -266,8 +275,8 @@ def _legacy_split(listing, eligible, num_pretrain, num_test, num_classes, seed):
     order = list(eligible)
     rng.shuffle(order)
     pretrain = _pick_pretrain(order[: len(order) - num_test], num_pretrain)
-    test = order[num_pretrain:num_pretrain + num_test]
-    val = order[num_pretrain + num_test:]
+    test = order[num_pretrain : num_pretrain + num_test]
+    val = order[num_pretrain + num_test :]
     chars = {}
     for a in pretrain + test + val:
         names = sorted(listing[a])

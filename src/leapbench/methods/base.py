@@ -5,11 +5,13 @@ A method is one file and one config: ``MetaLearner`` for any method (fine-tuning
 ``protocols.TaskHooks`` (Leap, Reptile, FOMAML). The task engines (``sequential.py``, ``batched.py``) drive the
 hooks; neither imports this module.
 """
+
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,8 +80,9 @@ class InitializationLearner(MetaLearner):
     ``None`` meta-learns every parameter, as the reference code does (conv, BatchNorm affine and head).
     """
 
-    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], scope: str | None = None,
-                 batched: bool = False) -> None:
+    def __init__(
+        self, name: str, meta_optimizer: Callable[..., Optimizer], scope: str | None = None, batched: bool = False
+    ) -> None:
         super().__init__(name)
         lr = optimizer_lr(meta_optimizer)
         if lr is not None and not lr > 0:
@@ -91,9 +94,11 @@ class InitializationLearner(MetaLearner):
     def setup(self, model: nn.Module, inner: LearningProcess, num_tasks: int) -> None:
         super().setup(model, inner, num_tasks)
         if self.batched and inner.fixed_steps is None:
-            raise ConfigError("method.batched=true needs every task to train for exactly inner.steps updates; it "
-                              "cannot run with inner.epochs=true or inner.patience (tasks that stop early): "
-                              "set method.batched=false.")
+            raise ConfigError(
+                "method.batched=true needs every task to train for exactly inner.steps updates; it "
+                "cannot run with inner.epochs=true or inner.patience (tasks that stop early): "
+                "set method.batched=false."
+            )
         self.work = copy.deepcopy(model)  # the task learner; self.model holds theta^0
         self.params = self._scoped(self.model)
         if not self.params:

@@ -13,6 +13,7 @@ of the batch) and trains on them in a random interleaving with one persistent op
 does; it has no per-task early stopping. The task learning rate comes from ``inner.optimizer`` (0.01 for
 fine-tuning on Omniglot in the paper).
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,9 +48,11 @@ class Finetune(MetaLearner):
 
     def _forward(self, task: Task):
         if task.head is not None:  # the model's own head for this task
+
             def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-                model.select(task.head)
+                model.select(task.head)  # type: ignore[operator]
                 return model(x)
+
             return forward
         if not self.multi_head:
             return lambda model, x: model(x)
@@ -66,8 +69,9 @@ class Finetune(MetaLearner):
         losses, errors = [], []
         for i, k in enumerate(order.tolist()):
             x, y = next(streams[k])
-            loss, err = train_step(self.model, self.opt, x.to(device), y.to(device), self._forward(tasks[k]),
-                                   tasks[k].name, i)
+            loss, err = train_step(
+                self.model, self.opt, x.to(device), y.to(device), self._forward(tasks[k]), tasks[k].name, i
+            )
             self.opt.step()
             losses.append(loss)
             errors.append(err)
@@ -77,7 +81,7 @@ class Finetune(MetaLearner):
         if not self.multi_head or self.named_heads:
             return self.model
         init = copy.deepcopy(self.model)
-        init.head = copy.deepcopy(self.fresh_head)
+        init.head = copy.deepcopy(self.fresh_head)  # type: ignore[assignment]
         return init
 
     def state_dict(self) -> dict:
@@ -96,6 +100,5 @@ class Finetune(MetaLearner):
 
 def _fresh(head: nn.Module) -> nn.Module:
     new = copy.deepcopy(head)
-    new.reset_parameters()
+    new.reset_parameters()  # type: ignore[operator]
     return new
-

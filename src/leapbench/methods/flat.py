@@ -2,6 +2,7 @@
 
 A leaf module: the method base class and both task engines (``sequential.py``, ``batched.py``) use it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,7 @@ def grad_views(params: list[Tensor], flat: Tensor) -> list[Tensor]:
     """Views of ``flat`` (in the order of :func:`flat_params`) shaped and strided like each parameter."""
     views, i = [], 0
     for p in params:
-        chunk = flat[i:i + p.numel()]
+        chunk = flat[i : i + p.numel()]
         if is_channels_last(p):
             b, c, h, w = p.shape
             views.append(chunk.view(b, h, w, c).permute(0, 3, 1, 2))

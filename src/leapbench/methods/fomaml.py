@@ -3,6 +3,7 @@
 As in the authors' code, it is the gradient on the last training batch at psi^{K-1} (no separate query set).
 When tasks stop early (``inner.patience``) the gradient of every step that may be the last is kept.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -22,10 +22,12 @@ g_{i-1}, so one dot product (||g_{i-1}||) and one axpy close the segment before 
 passes over one vector per step and no copies (``shortcut``; tested equal to the general path). A zero
 gradient is a zero SGD update, so parameters without a gradient (another task's head) still do not move.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,9 +39,16 @@ from .flat import flat_params, grad_views
 
 
 def increment(
-    prev: Tensor, curr: Tensor, prev_loss: float, curr_loss: float, prev_grad: Tensor,
-    norm: bool = True, loss: bool = True, stabilizer: bool = True,
-    into: Tensor | None = None, scratch: Tensor | None = None,
+    prev: Tensor,
+    curr: Tensor,
+    prev_loss: float,
+    curr_loss: float,
+    prev_grad: Tensor,
+    norm: bool = True,
+    loss: bool = True,
+    stabilizer: bool = True,
+    into: Tensor | None = None,
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """Leap's meta-gradient contribution of the segment from ``prev`` to ``curr`` (flat vectors).
 
@@ -68,8 +77,14 @@ class Leap(InitializationLearner):
     shortcut = True  # use the plain-SGD form of the increment when the inner loop allows it
 
     def __init__(
-        self, name: str, meta_optimizer: Callable[..., Optimizer], norm: bool = True, loss: bool = True,
-        stabilizer: bool = True, scope: str | None = None, batched: bool = False,
+        self,
+        name: str,
+        meta_optimizer: Callable[..., Optimizer],
+        norm: bool = True,
+        loss: bool = True,
+        stabilizer: bool = True,
+        scope: str | None = None,
+        batched: bool = False,
     ) -> None:
         super().__init__(name, meta_optimizer, scope, batched)
         self.norm, self.loss, self.stabilizer = norm, loss, stabilizer
@@ -96,7 +111,7 @@ class Leap(InitializationLearner):
         the segment (psi^{i-1}, psi^i) from it and f_i, then zero it for this step's backward. The three passes
         (dot, axpy, zero) run back to back while the vector is in cache."""
         if state["prev"] is not None:
-            lr, df = self.sgd_lr, loss - state["prev"]
+            lr, df = cast(float, self.sgd_lr), loss - state["prev"]
             if self.stabilizer and df > 0:
                 df = -df
             if not self.loss:
@@ -108,15 +123,27 @@ class Leap(InitializationLearner):
     def observe(self, state: Any, step: Step) -> None:
         if self.clears_gradients:
             if self.work_params[0].grad is not self.grad_views[0]:
-                raise RuntimeError("Leap's SGD shortcut keeps the gradients in its own buffer, but the learning "
-                                   "process replaced them: it must clear them through before_backward.")
+                raise RuntimeError(
+                    "Leap's SGD shortcut keeps the gradients in its own buffer, but the learning "
+                    "process replaced them: it must clear them through before_backward."
+                )
             state["prev"] = step.loss  # the next step closes the segment from here
             return
         curr, grad = step.params(), step.grads()
         if state["prev"] is not None:
             prev, prev_loss, prev_grad = state["prev"]
-            increment(prev, curr, prev_loss, step.loss, prev_grad, self.norm, self.loss, self.stabilizer,
-                      into=state["acc"], scratch=state["scratch"])
+            increment(
+                prev,
+                curr,
+                prev_loss,
+                step.loss,
+                prev_grad,
+                self.norm,
+                self.loss,
+                self.stabilizer,
+                into=state["acc"],
+                scratch=state["scratch"],
+            )
         state["prev"] = (curr, step.loss, grad)
 
     def end_task(self, state: Any, final: Flat) -> Tensor:

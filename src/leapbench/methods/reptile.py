@@ -4,9 +4,11 @@ As in the authors' code, psi is the point before the last update (psi^{K-1}); ``
 final parameters psi^K, as in Nichol et al. The paper's meta learning rate for Reptile is 0.01. When tasks stop
 early (``inner.patience``) K is known only at the end, so psi is kept at every step that may be the last.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -16,8 +18,14 @@ from .base import InitializationLearner
 
 
 class Reptile(InitializationLearner):
-    def __init__(self, name: str, meta_optimizer: Callable[..., Optimizer], last_step: bool = False,
-                 scope: str | None = None, batched: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        meta_optimizer: Callable[..., Optimizer],
+        last_step: bool = False,
+        scope: str | None = None,
+        batched: bool = False,
+    ) -> None:
         super().__init__(name, meta_optimizer, scope, batched)
         self.last_step = last_step
 

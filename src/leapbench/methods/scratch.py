@@ -1,4 +1,5 @@
 """No pretraining: evaluation adapts the random initialization."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Each task starts from theta^0 (parameters and BatchNorm buffers), draws its batc
 and is trained by ``learner.inner.train``; every step reaches the method as a :class:`~leapbench.protocols.Step`.
 The engine beside it, ``batched.py``, trains the same tasks side by side and hands the method the same steps.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,8 +19,9 @@ from ..tasks import Task
 from .flat import flat_grads, flat_params
 
 
-def train_in_sequence(learner: TaskLearner, tasks: list[Task], seeds: list[int], theta0: Tensor,
-                      stats: Tensor) -> Tensor:
+def train_in_sequence(
+    learner: TaskLearner, tasks: list[Task], seeds: list[int], theta0: Tensor, stats: Tensor
+) -> Tensor:
     """Train ``tasks`` from theta^0 one at a time; add their statistics to ``stats``; return the summed meta-gradient.
 
     ``stats``: loss sum, loss count, error sum, error count, skipped tasks. With ``learner.skip_diverging`` a
@@ -48,8 +50,7 @@ def _train_task(learner: TaskLearner, task: Task, seed: int, theta0: Tensor, sta
         learner.observe(state, Step(i, loss, None if steps is None else i == steps - 1, params, grads))
 
     zero_grad = partial(_before_backward, learner, state) if learner.clears_gradients else None
-    curve = learner.inner.train(learner.work, task, torch.Generator().manual_seed(seed), hook=hook,
-                                zero_grad=zero_grad)
+    curve = learner.inner.train(learner.work, task, torch.Generator().manual_seed(seed), hook=hook, zero_grad=zero_grad)
     stats += torch.tensor([sum(losses), len(losses), sum(curve), len(curve), 0.0], dtype=torch.float64)
     return learner.end_task(state, params)
 

@@ -9,11 +9,12 @@ update (``unroll`` steps) is ``num_envs * unroll * 4`` = 640 frames with the pap
 always count emulator frames summed over the envs (the no-op frames of resets not included); this is the
 usual Atari axis and what we read as the paper's "training steps".
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from ..inner import DivergenceError, optimizer_lr
 from ..protocols import StepHook, ZeroGrad
 from .atari import ENV_SETTINGS, check_game, make_env, to_tensor
 
-FRAMESKIP = int(ENV_SETTINGS["frameskip"])
+FRAMESKIP = int(ENV_SETTINGS["frameskip"])  # type: ignore[call-overload]  # an int in a mixed settings dict
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,13 @@ class ActorCritic(nn.Module):
         if in_channels < 1:
             raise ConfigError(f"model.in_channels={in_channels} must be at least 1.")
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * 9 * 9, 256), nn.ReLU(),
+            nn.Conv2d(in_channels, 16, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 9 * 9, 256),
+            nn.ReLU(),
         )
         self.policy = nn.ModuleDict({game: nn.Linear(256, n) for game, n in heads.items()})
         self.value = nn.ModuleDict({game: nn.Linear(256, 1) for game in heads})
@@ -152,8 +157,13 @@ class A2C:
         lr = optimizer_lr(optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
-        for name, v in (("updates", updates), ("num_envs", num_envs), ("unroll", unroll), ("env_threads", env_threads),
-                        ("episode_frames", episode_frames)):
+        for name, v in (
+            ("updates", updates),
+            ("num_envs", num_envs),
+            ("unroll", unroll),
+            ("env_threads", env_threads),
+            ("episode_frames", episode_frames),
+        ):
             if v < 1:
                 raise ConfigError(f"inner.{name}={v} must be at least 1.")
         if not 0 <= gamma <= 1:
@@ -177,8 +187,9 @@ class A2C:
 
     def make_env(self, game: str, seed: int):
         """The task's vector env (tests swap in a scripted one)."""
-        return make_env(game, self.num_envs, seed, threads=self.env_threads,
-                        max_num_frames_per_episode=self.episode_frames)
+        return make_env(
+            game, self.num_envs, seed, threads=self.env_threads, max_num_frames_per_episode=self.episode_frames
+        )
 
     def train(
         self,
@@ -208,8 +219,10 @@ class A2C:
         try:
             actions = env.single_action_space.n
             if model.policy[task.head].out_features != actions:
-                raise ConfigError(f"The policy head for {task.name!r} has {model.policy[task.head].out_features} "
-                                  f"outputs but the game has {actions} actions.")
+                raise ConfigError(
+                    f"The policy head for {task.name!r} has {model.policy[task.head].out_features} "
+                    f"outputs but the game has {actions} actions."
+                )
             opt = self.optimizer(model.parameters())
             obs = to_tensor(env.reset()[0])
             losses: list[float] = []
@@ -238,8 +251,9 @@ class A2C:
         finally:
             env.close()
 
-    def _unroll_loss(self, model: ActorCritic, env, obs: Tensor, sampler: torch.Generator,
-                     scores: EpisodeScores) -> tuple[Tensor, Tensor]:
+    def _unroll_loss(
+        self, model: ActorCritic, env, obs: Tensor, sampler: torch.Generator, scores: EpisodeScores
+    ) -> tuple[Tensor, Tensor]:
         """Play ``unroll`` steps from ``obs``; return the A2C loss (its graph built on the way) and the next obs.
 
         The forward passes that pick the actions are the ones the loss backpropagates through, so no
@@ -280,13 +294,14 @@ class A2C:
 
 
 def moving_average(episodes: list[tuple[int, float]], window: int, marks: list[int]) -> list[float]:
-    """At each frame count in ``marks``: the mean return of the last ``window`` episodes ended by then (NaN before any)."""
+    """At each frame count in ``marks``: the mean return of the last ``window`` episodes ended by then (NaN before
+    any)."""
     frames = np.array([f for f, _ in episodes], dtype=np.int64)
     returns = np.array([r for _, r in episodes], dtype=np.float64)
     out = []
     for mark in marks:
         n = int(np.searchsorted(frames, mark, side="right"))
-        out.append(float(returns[max(0, n - window):n].mean()) if n else float("nan"))
+        out.append(float(returns[max(0, n - window) : n].mean()) if n else float("nan"))
     return out
 
 
@@ -318,7 +333,7 @@ class Training:
 
         def report(i: int) -> bool:  # every 1/points of the game's frames: frames so far and the moving average
             if monitor is not None and ((i + 1) % every == 0 or i + 1 == updates):
-                recent = [r for _, r in inner.last_episodes[-self.window:]]
+                recent = [r for _, r in inner.last_episodes[-self.window :]]
                 monitor(task.name, inner.frames, updates * per_update, float(np.mean(recent)) if recent else None)
             return False
 
@@ -328,7 +343,7 @@ class Training:
         marks = [round(played * (k + 1) / self.points) for k in range(self.points)]
         return {
             "name": task.name,
-            "return": float(np.mean(returns[-self.window:])) if returns else float("nan"),
+            "return": float(np.mean(returns[-self.window :])) if returns else float("nan"),
             "mean_return": float(np.mean(returns)) if returns else float("nan"),
             "episodes_done": len(episodes),
             "steps": len(losses),
