@@ -1,1 +1,0 @@
-"""Benchmarks as lists of tasks."""

@@ -1,1 +1,0 @@
-"""Methods, one file each, behind ``base.MetaLearner``."""
