@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
@@ -26,6 +27,8 @@ from .data.multicv import DATASETS
 from .data.omniglot import AUGMENTATIONS, RESAMPLING
 from .errors import ConfigError
 from .evaluation import MODES, STOP_ON
+
+UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
 
 
 class Node:
@@ -308,7 +311,7 @@ def keys_at(container: dict, path: str) -> list[str]:
     for part in path.split(".") if path else []:
         kind = _fields(node, schema).get(part)
         node = node.get(part) if isinstance(node, dict) else None  # type: ignore[assignment]
-        if typing.get_origin(kind) is Union:  # Optional[X]
+        if typing.get_origin(kind) in UNIONS:  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is Node:
             kind = TARGETS.get(str(node.get("_target_"))) if isinstance(node, dict) else None
@@ -355,7 +358,7 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
         if not isinstance(value, dict) or value.get("_target_") not in TARGETS:
             return  # a target this suite does not know: its constructor checks its arguments
         return _check_node(value, TARGETS[value["_target_"]], where)
-    if origin is Union:  # Optional[X]
+    if origin in UNIONS:  # X | None
         if value is None:
             return
         return _check_value(value, next(a for a in args if a is not type(None)), where)
