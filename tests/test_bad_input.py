@@ -79,6 +79,14 @@ CATALOGUE = [
         ["method.batched=true", "train.on_divergence=skip"],
         "method.batched=true does not support train.on_divergence=skip",
     ),
+    (MULTICV, ["eval.batched=true"], "eval.batched=true counts updates, but this adaptation counts epochs"),
+    (
+        OMNIGLOT,
+        ["val.batched=true", "+inner.optimizer.momentum=0.9"],
+        "val.batched=true adapts tasks side by side on one shared head with plain SGD",
+    ),
+    (OMNIGLOT, ["eval.batched=yes"], "eval.batched=yes must be true or false"),
+    (OMNIGLOT, ["method.cuda_graphs=1"], "method.cuda_graphs=1 must be true or false"),
     # unknown games and datasets, missing data
     (ATARI, ["data.test=[pong,pongg]"], "data.test: unknown Atari game 'pongg'"),
     (ATARI, ["data.heldout=[SpaceInvaders]"], "data.heldout: unknown Atari game 'SpaceInvaders'"),

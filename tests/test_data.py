@@ -114,9 +114,9 @@ def test_corrupt_cache_is_rebuilt(fake_root, tmp_path):
 
 def test_rotation_matches_rot90():
     x = torch.rand(3, 1, 28, 28)
-    out = _affine(x, torch.full((3,), math.pi / 2), torch.ones(3), torch.zeros(3, 2), fill=0.0)
+    out = _affine(x, torch.tensor([[math.pi / 2, 1.0, 0.0, 0.0]]).expand(3, 4), fill=0.0)
     assert torch.equal(out, torch.rot90(x, 1, (2, 3))) or torch.equal(out, torch.rot90(x, -1, (2, 3)))
-    same = _affine(x, torch.zeros(3), torch.ones(3), torch.zeros(3, 2), fill=0.0)
+    same = _affine(x, torch.tensor([[0.0, 1.0, 0.0, 0.0]]).expand(3, 4), fill=0.0)
     assert torch.equal(same, x)
 
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import distributed
 from .errors import ConfigError
-from .inner import Inner, error_on
+from .inner import DivergenceError, Inner, error_on
+from .lockstep import Lockstep, check_stackable, functional_model, scorer, sgd_step, stack
 from .tasks import Task
 
 MODES = ("fixed", "early_stop")
@@ -46,6 +48,9 @@ class Adaptation:
       - ``val``: the task's validation images (Multi-CV's datasets have them); a task without them gives its
         last ``val_per_class`` training images of every class to validation (:func:`with_validation`), so the
         stopping point never sees the held-out images. AUC and train error then refer to the smaller training set.
+
+    With ``batched`` every task of the evaluation adapts at once, each with its own stopping point
+    (:func:`adapt_side_by_side`); it needs tasks of one size on one shared head and a plain SGD learning process.
 
     In both modes the AUC covers the first ``steps`` updates, so it is comparable across methods; with
     ``auc_all`` it covers the whole curve until stopping (Multi-CV: the paper trains to convergence).
@@ -69,6 +74,7 @@ class Adaptation:
     auc_all: bool = False
     stop_on: str = "heldout"
     val_per_class: int = 3
+    batched: bool = False  # adapt the tasks side by side (adapt_side_by_side); equal to one after another
 
     def __post_init__(self) -> None:  # messages name the key within its group (eval or val): runner.validate
         if self.mode not in MODES:
@@ -80,6 +86,10 @@ class Adaptation:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
         if self.mode == "early_stop" and self.max_steps < self.steps:
             raise ConfigError(f"max_steps={self.max_steps} must be >= steps={self.steps}.")
+        if self.batched and self.epochs:
+            raise ConfigError(
+                "batched=true counts updates, but this adaptation counts epochs (epochs=true): leave batched=false."
+            )
 
     def run(self, model: nn.Module, task: Task, inner: Inner, generator: torch.Generator, monitor=None) -> dict:
         return adapt(model, task, inner, self, generator)
@@ -161,12 +171,125 @@ def with_validation(task: Task, per_class: int) -> Task:
             f"Task {task.name} has only {int(counts[counts > 0].min())} training images in some class; "
             f"eval.val_per_class={per_class} must leave at least one for training."
         )
-    val = torch.zeros(len(task.y_train), dtype=torch.bool)
+    val = torch.zeros(len(task.y_train), dtype=torch.bool, device=task.y_train.device)
     for c in torch.unique(task.y_train):
         val[torch.nonzero(task.y_train == c).flatten()[-per_class:]] = True
     return replace(
         task, x_train=task.x_train[~val], y_train=task.y_train[~val], x_val=task.x_train[val], y_val=task.y_train[val]
     )
+
+
+def adapt_side_by_side(
+    init: nn.Module, tasks: Sequence[Task], inner: Inner, adaptation: Adaptation, generators: Sequence[torch.Generator]
+) -> list[dict]:
+    """:func:`adapt` for every task at once: one vmapped SGD step for all (``lockstep.py``), each task with its own
+    stopping point. A task that has stopped keeps its parameters, BatchNorm statistics and result while the
+    others go on. Each task draws what ``adapt`` draws from its generator, so the results are ``adapt``'s up to
+    float rounding (tested). The host waits for the device once per check, to know whether every task stopped.
+    """
+    lr = inner.sgd_lr
+    if lr is None:
+        raise ConfigError("batched=true needs a plain SGD inner.optimizer (no momentum or weight decay).")
+    n, early = len(tasks), adaptation.mode == "early_stop"
+    has_val = early and adaptation.stop_on == "val"
+    tasks = [with_validation(t, adaptation.val_per_class) if has_val and t.x_val is None else t for t in tasks]
+    check_stackable(tasks, "batched")
+    device = next(init.parameters()).device
+    model = functional_model(init, device)
+    reset_batchnorm(model)
+    model.train()
+    params, buffers = stack(dict(model.named_parameters()), n), stack(dict(model.named_buffers()), n)
+    step_all, errors = sgd_step(model), scorer(model)
+    every = adaptation.eval_every
+    total = adaptation.max_steps if early else adaptation.steps
+    data = Lockstep(tasks, generators, total, inner.batch_size, device, every=every if early else None)
+    heldout = _stacked([(t.x_heldout, t.y_heldout) for t in tasks], device)
+    val = _stacked([(cast(Tensor, t.x_val), cast(Tensor, t.y_val)) for t in tasks], device) if has_val else None
+    counter = torch.zeros(1, dtype=torch.long, device=device)
+    finite = torch.ones(n, dtype=torch.bool, device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    curve: list[Tensor] = []
+    inf = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
+    best, test, oracle = inf.clone(), inf.clone(), inf.clone()
+    bad, best_step = (torch.zeros(n, dtype=torch.long, device=device) for _ in range(2))
+    length = torch.full((n,), total, dtype=torch.long, device=device)
+    all_active = True
+
+    def watch(step: int, mask: Tensor, check: int | None, final: bool = False) -> Tensor:
+        """``adapt``'s watch for the tasks in ``mask``: returns which of them improved."""
+        xh = data.heldout(heldout[0], check, final)
+        err_heldout = errors(params, buffers, xh, heldout[1])
+        err = errors(params, buffers, *val) if val is not None else err_heldout
+        oracle.copy_(torch.where(mask, torch.minimum(oracle, err_heldout), oracle))
+        improved = mask & (err < best)
+        best.copy_(torch.where(improved, err, best))
+        test.copy_(torch.where(improved, err_heldout, test))
+        best_step.copy_(torch.where(improved, step, best_step))
+        return improved
+
+    for i in range(total):
+        kept = None if all_active else {k: b.clone() for k, b in buffers.items()}
+        x, y = data.batch(counter)
+        grads, (loss, logits) = step_all(params, buffers, x, y)
+        finite.logical_and_(torch.isfinite(loss) | ~active)
+        curve.append((logits.argmax(-1) != y).float().mean(1))
+        for name, p in params.items():
+            p.copy_(torch.where(active.reshape(n, *[1] * (p.dim() - 1)), p - lr * grads[name], p))
+        if kept is not None:
+            for name, b in buffers.items():
+                b.copy_(torch.where(active.reshape(n, *[1] * (b.dim() - 1)), b, kept[name]))
+        counter.add_(1)
+        if early and (i + 1) % every == 0:
+            check = (i + 1) // every - 1
+            improved = watch(i + 1, active, check)
+            bad.copy_(torch.where(active, torch.where(improved, 0, bad + 1), bad))
+            if i + 1 >= adaptation.steps:
+                stop = active & (bad >= adaptation.patience)
+                length.copy_(torch.where(stop, i + 1, length))
+                watch(i + 1, stop, check, final=True)  # adapt's watch after training ends
+                active.logical_and_(~stop)
+            if not bool(finite.all()):
+                break
+            if not bool(active.any()):
+                break
+            all_active = bool(active.all())
+    if not bool(finite.all()):
+        name = tasks[int((~finite).nonzero()[0])].name
+        raise DivergenceError(
+            f"Non-finite loss on evaluation task {name!r}. Lower the learning rate (inner.optimizer.lr) and run again."
+        )
+    if early:
+        watch(total, active, None)  # the tasks that ran all max_steps updates: adapt's watch after training
+    else:
+        err = errors(params, buffers, data.heldout(heldout[0], None), heldout[1])
+        best, test, oracle = err, err, err
+        best_step.fill_(total)
+    train_errors = errors(params, buffers, data.x, data.y)
+    curves = torch.stack(curve, 1).tolist()
+    rows = zip(
+        tasks, length.tolist(), test.tolist(), best_step.tolist(), oracle.tolist(), train_errors.tolist(), curves
+    )
+    out = []
+    for task, steps, err, at, best_heldout, train, row in rows:
+        row = row[:steps]
+        out.append(
+            {
+                "name": task.name,
+                "error": 100 * err,
+                "auc": auc(row if adaptation.auc_all else row[: adaptation.steps]),
+                "train_error": 100 * train,
+                "steps": steps,
+                "best_step": at,
+                "oracle_error": 100 * best_heldout,
+                "curve": thin(row),
+            }
+        )
+    return out
+
+
+def _stacked(pairs: list[tuple[Tensor, Tensor]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every task's images and labels, stacked on ``device``."""
+    return torch.stack([x.to(device) for x, _ in pairs]), torch.stack([y.to(device) for _, y in pairs])
 
 
 MAX_POINTS = 1000
@@ -183,6 +306,8 @@ def thin(curve: list[float], points: int = MAX_POINTS) -> list[float]:
 def evaluate(init: nn.Module, tasks: Sequence, inner, adaptation, seed: int, monitor=None) -> dict:
     """Adapt a copy of ``init`` to each task (BatchNorm statistics reset per task) and average the scores.
 
+    With ``adaptation.batched`` the tasks adapt side by side (:func:`adapt_side_by_side`), with the same results.
+
     ``adaptation`` is any object with ``run(model, task, inner, generator, monitor) -> dict`` and the names of
     the ``scores`` it reports (``Adaptation`` here; Atari's ``rl.a2c.Training`` trains agents instead). A long
     adaptation reports its progress to ``monitor(task_name, done, total, score)`` (Atari: frames and the moving
@@ -190,13 +315,17 @@ def evaluate(init: nn.Module, tasks: Sequence, inner, adaptation, seed: int, mon
 
     ``seed`` fixes batches and augmentation, so every method sees the same data in the same order.
     """
-    model = copy.deepcopy(init)
-    results = {}
-    for k in distributed.mine(len(tasks)):  # under torchrun each rank adapts its share of the tasks
-        model.load_state_dict(init.state_dict())
-        reset_batchnorm(model)
-        generator = torch.Generator().manual_seed(1000 * seed + k)  # per task: independent of other tasks' lengths
-        results[k] = adaptation.run(model, tasks[k], inner, generator, monitor)
+    mine = list(distributed.mine(len(tasks)))  # under torchrun each rank adapts its share of the tasks
+    generators = {k: torch.Generator().manual_seed(1000 * seed + k) for k in mine}  # independent of other tasks
+    if adaptation.batched and mine:
+        side = adapt_side_by_side(init, [tasks[k] for k in mine], inner, adaptation, [generators[k] for k in mine])
+        results = dict(zip(mine, side))
+    else:
+        model, results = copy.deepcopy(init), {}
+        for k in mine:
+            model.load_state_dict(init.state_dict())
+            reset_batchnorm(model)
+            results[k] = adaptation.run(model, tasks[k], inner, generators[k], monitor)
     results = distributed.gather(results)
     per_task = [results[k] for k in range(len(tasks))]
     n = min(len(t["curve"]) for t in per_task)

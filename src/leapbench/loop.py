@@ -8,6 +8,7 @@ steps the current initialization is validated (the best one is kept); at ``train
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,11 @@ def test_schedule(cfg: DictConfig) -> list[int]:
     if isinstance(at, (int, str)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in at):
         raise ConfigError(f"train.test_at={at!r} must be a list of meta-steps, e.g. train.test_at=[16,40,80,200].")
     return sorted(set(at))
+
+
+def _added() -> dict[str, Any]:
+    """State keys newer than some checkpoints: a checkpoint without them resumes with these."""
+    return {"test_at": [], "seconds": {"meta_train": 0.0, "validation": 0.0, "test_at": 0.0}}
 
 
 class TaskSampler:
@@ -89,7 +95,7 @@ class MetaTraining:
         self.steps = self.t.meta_steps if learner.trains else 0
         self.validates = bool(learner.trains and self.t.val_every is not None and data.val)
         self.test_at = set(test_schedule(cfg)) if learner.trains else set()
-        self.state: dict[str, Any] = {"meta_step": 0, "best": None, "bad": 0, "stopped": False, "test_at": []}
+        self.state: dict[str, Any] = {"meta_step": 0, "best": None, "bad": 0, "stopped": False} | _added()
         self.resumed = False
 
     def resume(self, saved: dict) -> None:
@@ -97,7 +103,7 @@ class MetaTraining:
         self.learner.load_state_dict(saved["learner"])
         self.g.set_state(saved["generator"])
         self.sampler.queue = list(saved["queue"])
-        self.state = {"test_at": []} | saved["state"]
+        self.state = _added() | saved["state"]
         self.logger.truncate(saved["rows"])
         self.resumed = True
 
@@ -117,7 +123,7 @@ class MetaTraining:
         )
         for step in bar:
             tasks = [self.data.pretrain[i] for i in self.sampler.sample(t.meta_batch_size)]
-            with where(f"Meta-step {step}"):
+            with where(f"Meta-step {step}"), self.timed("meta_train"):
                 m = self.learner.meta_step(tasks, self.g)
             bar.set_postfix(loss=f"{m['loss']:.3f}", err=f"{m['error']:.1f}")
             self.logger.log({"meta_step": step, "split": "train", **m})
@@ -134,7 +140,7 @@ class MetaTraining:
 
     def validate(self, step: int) -> bool:
         """Validate the current initialization; return True when early stopping says stop."""
-        with where(f"Validation at meta-step {step}"):
+        with where(f"Validation at meta-step {step}"), self.timed("validation"):
             res = evaluate(self.learner.initialization(), self.data.val, self.inner, self.val_adapt, self.val_seed)
         self.logger.log(
             {"meta_step": step, "split": "val", "error": res["error"], "auc": res["auc"], "curve": res["curve"]}
@@ -154,7 +160,7 @@ class MetaTraining:
 
     def test(self, step: int) -> None:
         """Test the current initialization (``train.test_at``): one point of the run's budget curve."""
-        with where(f"Test evaluation at meta-step {step}"):
+        with where(f"Test evaluation at meta-step {step}"), self.timed("test_at"):
             res = evaluate(self.learner.initialization(), self.data.test, self.inner, self.test_adapt, self.test_seed)
         first = self.test_adapt.scores[0]
         scores = {k: res[k] for k in self.test_adapt.scores}
@@ -168,6 +174,16 @@ class MetaTraining:
                 "mean_adapt_steps": float(np.mean([x["steps"] for x in res["tasks"]])),
             }
         )
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to ``state["seconds"][phase]`` (a phase ends with a host sync)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = self.state["seconds"]
+            seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
 
     def save_checkpoint(self) -> None:
         if not distributed.is_main():

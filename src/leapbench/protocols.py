@@ -117,7 +117,29 @@ class TaskHooks(Protocol):
         """The task's meta-gradient (flat, over the meta-parameters); ``final()`` is psi^K."""
 
 
-class TaskLearner(TaskHooks, Protocol):
+class RowHooks(Protocol):
+    """The side-by-side form of :class:`TaskHooks` (``methods/batched.py``): one state for ``n`` tasks, whose losses
+    come as an (n,) tensor and psi^i and gradients as (n, P) rows, all on the device and valid during the call only.
+
+    ``capturable`` declares that ``observe_rows`` keeps what it needs by writing into its state in place and
+    never reads a value on the host, so the engine may record one call as a CUDA graph and replay it: on every
+    replay ``index`` and ``last`` are those of the recording, and the engine records a step that is neither the
+    first nor the last. ``InitializationLearner`` implements these hooks through the per-task ones (not capturable).
+    """
+
+    capturable: bool
+
+    def begin_rows(self, theta0: Tensor, n: int) -> Any:
+        """``n`` tasks start from theta^0: their fresh state."""
+
+    def observe_rows(self, state: Any, index: int, last: bool, losses: Tensor, params: Tensor, grads: Tensor) -> None:
+        """Inner step ``index`` of every task, after backward and before the update."""
+
+    def end_rows(self, state: Any, final: Tensor) -> Tensor:
+        """The sum of the tasks' meta-gradients (flat); ``final`` holds psi^K as rows."""
+
+
+class TaskLearner(TaskHooks, RowHooks, Protocol):
     """What a task engine reads from the method it drives."""
 
     model: nn.Module  # holds theta^0
@@ -126,6 +148,7 @@ class TaskLearner(TaskHooks, Protocol):
     work_params: list[Tensor]  # the same parameters of ``work``
     inner: LearningProcess
     skip_diverging: bool
+    cuda_graphs: bool  # the batched engine may record its steps as a CUDA graph (when ``capturable``)
 
 
 class Benchmark(Protocol):
@@ -145,11 +168,15 @@ class Benchmark(Protocol):
     @property
     def model_kwargs(self) -> dict[str, Any]: ...
 
+    def to(self, device: torch.device) -> None:
+        """Move the tasks' data to the run's device, once, before anything trains on it."""
+
 
 class Adaptation(Protocol):
     """How evaluation adapts an initialization to one task (``evaluation.Adaptation``, ``rl.a2c.Training``)."""
 
     scores: ClassVar[tuple[str, ...]]  # the per-task scores ``run`` returns, averaged by ``evaluate``
+    batched: bool  # the tasks adapt side by side (``evaluation.adapt_side_by_side``), not through ``run``
 
     def run(
         self,

@@ -31,6 +31,9 @@ PRESENTATION_KEYS = ("label", "color")
 # Keys added after runs were recorded: at these defaults they leave a run's identity as it was.
 ADDED_DEFAULTS = {
     ("method", "batched"): False,
+    ("method", "cuda_graphs"): True,
+    ("eval", "batched"): False,
+    ("val", "batched"): False,
     ("train", "test_at"): [],
     ("inner", "patience"): None,
     ("inner", "check_every"): 20,

@@ -103,6 +103,12 @@ def validate(cfg: DictConfig) -> tuple:
             f"method={learner.name}{how} needs {NEEDS[missing[0]]}, which experiment="
             f"{cfg.experiment_name} does not offer with this config; {fix}."
         )
+    for group, adapt in (("eval", test_adapt), ("val", val_adapt)):
+        if adapt.batched and not {"shared_head", "plain_sgd"} <= offered:
+            raise ConfigError(
+                f"{group}.batched=true adapts tasks side by side on one shared head with plain SGD, which "
+                f"experiment={cfg.experiment_name} does not offer with this config; set {group}.batched=false."
+            )
     if learner.batched and cfg.train.on_divergence == "skip":
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
     return inner, learner, val_adapt, test_adapt
@@ -164,7 +170,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
+    start = time.perf_counter()
     data = build(cfg.data)
+    data.to(device)  # images live on the run's device (a no-op on the CPU)
+    seconds = {"data": round(time.perf_counter() - start, 3)}
     learner.skip_diverging = cfg.train.on_divergence == "skip"
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
@@ -177,7 +186,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
         # Again, under the lock (another job may have finished it); rank 0 decides for every rank.
         done = distributed.broadcast(finished_run(cfg) if distributed.is_main() else None)
-        return done if done is not None else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device)
+        return (
+            done
+            if done is not None
+            else _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device, seconds)
+        )
 
 
 def say(message: str) -> None:
@@ -185,7 +198,7 @@ def say(message: str) -> None:
         print(f"[leapbench] {message}", flush=True)
 
 
-def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) -> dict:
+def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device, seconds) -> dict:
     main, run_dir = distributed.is_main(), Path(cfg.run_dir)
     config_hash = checkpoint.config_hash(result_config(cfg))
     # Rank 0 reads the checkpoint and hands it to every rank (run directories need not be shared across nodes).
@@ -208,10 +221,13 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device) ->
             say(f"resuming {cfg.run_dir} after meta-step {resume['state']['meta_step']}")
             loop.resume(resume)
         loop.run()
+        test_start = time.perf_counter()
         test = _test(cfg, loop, logger)
+        seconds |= loop.state["seconds"] | {"test": round(time.perf_counter() - test_start, 3)}
         summary = _summary(cfg, data, learner, loop, test) | {
             "status": "finished",
             "wall_time_s": round(time.time() - start, 1),
+            "seconds": seconds,  # per phase: data (loading and moving), meta_train, validation, test_at, test
             **origin,
             "world_size": distributed.world(),
             "device": str(device),

@@ -220,6 +220,7 @@ class Adaptation:
     auc_all: bool
     stop_on: Literal[STOP_ON]
     val_per_class: int
+    batched: bool
 
 
 @dataclass
@@ -248,6 +249,7 @@ class Leap(Method):
     stabilizer: bool
     scope: str | None
     batched: bool
+    cuda_graphs: bool
     meta_optimizer: Optimizer
 
 
@@ -256,6 +258,7 @@ class Reptile(Method):
     last_step: bool
     scope: str | None
     batched: bool
+    cuda_graphs: bool
     meta_optimizer: Optimizer
 
 
@@ -263,6 +266,7 @@ class Reptile(Method):
 class FOMAML(Method):
     scope: str | None
     batched: bool
+    cuda_graphs: bool
     meta_optimizer: Optimizer
 
 

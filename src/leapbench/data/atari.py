@@ -45,3 +45,6 @@ class AtariGames:
     def model_kwargs(self) -> dict:
         """One policy and value head per game, sized to its action set (the runner passes it to the model)."""
         return {"heads": dict(self.heads)}
+
+    def to(self, device: object) -> None:
+        """Nothing to move: games make their frames as they run (``protocols.Benchmark``)."""

@@ -458,6 +458,10 @@ class MultiCV:
         """What the model needs from the data: one head per dataset (the runner passes it on)."""
         return {"heads": dict(self.heads)}
 
+    def to(self, device: torch.device) -> None:
+        """Keep every task's images on ``device`` (``protocols.Benchmark``): batches and augmentation run there."""
+        self.pretrain, self.val, self.test = ([t.to(device) for t in ts] for ts in (self.pretrain, self.val, self.test))
+
     @staticmethod
     def _task(
         a: Arrays, task_id: int, val_fraction: float, max_train: int | None, max_test: int | None, seed: int

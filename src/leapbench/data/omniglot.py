@@ -134,7 +134,7 @@ def load_images(folder: Path, listing: dict, size: int, resample: str, cache_dir
 
 
 # ---------------------------------------------------------------------------------------- augmentation
-def make_augment(mode: str) -> tuple[Augment | None, bool]:
+def make_augment(mode: str, size: int = 28) -> tuple[Augment | None, bool]:
     """The augmentation for ``mode`` and whether it also applies to held-out images.
 
     * ``reference``: the authors' ``RandomAffine(degrees=(0, 360), translate=(0.2, 0.2), scale=(0.8, 1.2))``
@@ -146,37 +146,59 @@ def make_augment(mode: str) -> tuple[Augment | None, bool]:
     if mode == "none":
         return None, False
     if mode == "reference":
-        return _reference_affine, True
+        return ReferenceAffine(size), True
     if mode == "rotate36":
-        return _rotate36, False
+        return Rotate36(size), False
     raise ConfigError(f"Unknown data.augment={mode!r}; choose one of {', '.join(AUGMENTATIONS)}.")
 
 
-def _affine(
-    x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill: float
-) -> torch.Tensor:
-    """Rotate by ``angle`` (radians), scale and shift (normalized units) each image about its centre."""
+def _affine(x: torch.Tensor, params: torch.Tensor, fill: float | torch.Tensor) -> torch.Tensor:
+    """Rotate, scale and shift each image about its centre; ``params`` rows are (angle in radians, scale,
+    shift x, shift y in normalized units); ``x`` is ``(*lead, C, H, W)`` and ``params`` ``(*lead, 4)``."""
+    shape = x.shape
+    x, params = x.reshape(-1, *shape[-3:]), params.reshape(-1, 4).to(x.dtype)
+    angle, scale, shift = params[:, 0], params[:, 1], params[:, 2:]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     a = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # inverse map
     theta = torch.cat([a, -(a @ shift.unsqueeze(-1))], -1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if isinstance(fill, torch.Tensor):  # one fill per batch: repeat it for the batch's images
+        fill = fill.expand(*shape[:-3], 1, 1, 1).reshape(-1, 1, 1, 1)
     out = F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out + fill
+    return (out + fill).reshape(shape)
 
 
-def _reference_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    n, size = x.shape[0], x.shape[-1]
-    angle = torch.rand(n, generator=g) * 2 * math.pi
-    scale = 0.8 + 0.4 * torch.rand(n, generator=g)
-    # torchvision draws integer pixel shifts in [-0.2 W, 0.2 W]; 2/W converts pixels to normalized units.
-    shift = torch.round((torch.rand(n, 2, generator=g) * 2 - 1) * 0.2 * size) * (2.0 / size)
-    return _affine(x, angle, scale, shift, fill=0.0)
+class ReferenceAffine:
+    """The authors' ``RandomAffine(degrees=(0, 360), translate=(0.2, 0.2), scale=(0.8, 1.2))``, fill 0."""
+
+    def __init__(self, size: int = 28) -> None:
+        self.size = size
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        angle = torch.rand(n, generator=generator) * 2 * math.pi
+        scale = 0.8 + 0.4 * torch.rand(n, generator=generator)
+        # torchvision draws integer pixel shifts in [-0.2 W, 0.2 W]; 2/W converts pixels to normalized units
+        # (Omniglot's 28 pixels: the size is fixed here, so the draws need no images).
+        shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1) * 0.2 * self.size) * (2.0 / self.size)
+        return torch.cat([angle[:, None], scale[:, None], shift], 1)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return _affine(x, params, fill=0.0)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(x, self.draw(x.shape[-4], generator))
 
 
-def _rotate36(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    angle = torch.randint(0, 36, (n,), generator=g).float() * (2 * math.pi / 36)
-    return _affine(x, angle, torch.ones(n), torch.zeros(n, 2), fill=float(x.max()))
+class Rotate36(ReferenceAffine):
+    """The paper's "36 random rotations": a multiple of 10 degrees per image; the batch's brightest value (the
+    background) fills the corners."""
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        angle = torch.randint(0, 36, (n,), generator=generator).float() * (2 * math.pi / 36)
+        return torch.cat([angle[:, None], torch.ones(n, 1), torch.zeros(n, 2)], 1)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return _affine(x, params, fill=x.amax(dim=(-4, -3, -2, -1), keepdim=True))
 
 
 # ----------------------------------------------------------------------------------------------- split
@@ -203,7 +225,7 @@ class Omniglot:
     ) -> None:
         if resample not in RESAMPLING:
             raise ConfigError(f"Unknown data.resample={resample!r}; choose one of {', '.join(RESAMPLING)}.")
-        augment_fn, augment_heldout = make_augment(augment)
+        augment_fn, augment_heldout = make_augment(augment, image_size)
         folder = locate(root, download)
         listing = list_alphabets(folder)
         eligible = [a for a, chars in listing.items() if len(chars) >= num_classes]
@@ -243,6 +265,10 @@ class Omniglot:
     def model_kwargs(self) -> dict:
         """Nothing: every alphabet shares the model's one 20-way head (``protocols.Benchmark``)."""
         return {}
+
+    def to(self, device: torch.device) -> None:
+        """Keep every task's images on ``device`` (``protocols.Benchmark``): batches and augmentation run there."""
+        self.pretrain, self.val, self.test = ([t.to(device) for t in ts] for ts in (self.pretrain, self.val, self.test))
 
 
 def _pick_pretrain(pool: list[str], num_pretrain: int) -> list[str]:

@@ -81,9 +81,15 @@ class InitializationLearner(MetaLearner):
     """
 
     def __init__(
-        self, name: str, meta_optimizer: Callable[..., Optimizer], scope: str | None = None, batched: bool = False
+        self,
+        name: str,
+        meta_optimizer: Callable[..., Optimizer],
+        scope: str | None = None,
+        batched: bool = False,
+        cuda_graphs: bool = True,
     ) -> None:
         super().__init__(name)
+        self.cuda_graphs = cuda_graphs
         lr = optimizer_lr(meta_optimizer)
         if lr is not None and not lr > 0:
             raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
@@ -154,9 +160,30 @@ class InitializationLearner(MetaLearner):
     def end_task(self, state: Any, final: Flat) -> Tensor:
         """This task's meta-gradient as a flat vector over the meta-parameters (``final()``: psi^K)."""
 
+    # -- the side-by-side hooks (protocols.RowHooks): here through the per-task ones, one row at a time ----------
+    capturable = False  # declared by a method whose observe_rows works in place on the device (CUDA graphs)
+
+    def begin_rows(self, theta0: Tensor, n: int) -> Any:
+        return [self.begin_task(theta0) for _ in range(n)]
+
+    def observe_rows(self, state: Any, index: int, last: bool, losses: Tensor, params: Tensor, grads: Tensor) -> None:
+        for k, value in enumerate(losses.tolist()):
+            self.observe(state[k], Step(index, value, last, _row(params, k), _row(grads, k)))
+
+    def end_rows(self, state: Any, final: Tensor) -> Tensor:
+        total = torch.zeros_like(final[0])
+        for k, s in enumerate(state):
+            total += self.end_task(s, _row(final, k))
+        return total
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "meta_opt": self.meta_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.meta_opt.load_state_dict(state["meta_opt"])
+
+
+def _row(rows: Tensor, k: int) -> Flat:
+    """Row ``k`` of a stacked (tasks, P) tensor as a fresh copy, as the ``Step`` hooks take it."""
+    return lambda: rows[k].clone()

@@ -1,10 +1,16 @@
 """Batched task training (``method.batched=true``): the tasks of a meta-batch learn side by side.
 
-The engine beside ``sequential.py``, behind the same contract (``protocols.TaskLearner``). Per-task
-parameters are stacked along a leading task axis and one ``torch.func.vmap`` of ``grad_and_value`` over
-``functional_call`` takes every task's SGD step at once. Each task draws the same batches as in the
-sequential loop (its own generator), and the method's ``observe``/``end_task`` hooks see the same steps
-(psi^i, f_i, g_i), so the meta-gradient is the sequential one up to float rounding (tested).
+The engine beside ``sequential.py``. Per-task parameters are stacked along a leading task axis and one
+``torch.func.vmap`` of ``grad_and_value`` over ``functional_call`` takes every task's SGD step at once
+(``lockstep.py``). Each task draws the same batches as in the sequential loop (its own generator, drawn ahead of
+time), and the method sees the same steps as rows of (tasks, P) tensors through its side-by-side hooks
+(``protocols.RowHooks``), so the meta-gradient is the sequential one up to float rounding (tested).
+
+Nothing in the loop waits for the device: losses, errors and the divergence check stay there until the
+meta-batch ends. On CUDA, when the method declares its row hooks ``capturable``, one inner step is recorded as a
+CUDA graph and replayed for the middle steps (``method.cuda_graphs``); the first two steps run eagerly (the
+first has no previous point, the second warms the kernels up) and so does the last (it may be kept). The same
+code runs eagerly on the CPU.
 
 Limits: plain SGD inner loop (no momentum or weight decay), ``train.on_divergence=stop``. BatchNorm runs on
 batch statistics as in training mode; running statistics are not tracked, since nothing in meta-training
@@ -14,19 +20,21 @@ reads them. On the project's 2-core CPU this path measured slower than the seque
 
 from __future__ import annotations
 
-import copy
-import math
+import warnings
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad_and_value, replace_all_batch_norm_modules_, vmap
+from torch.func import replace_all_batch_norm_modules_
 
 from ..errors import ConfigError
 from ..inner import DivergenceError
-from ..protocols import Flat, Step, TaskLearner
+from ..lockstep import Lockstep, check_stackable, functional_model, sgd_step, stack
+from ..protocols import TaskLearner
 from ..tasks import Task
 from .flat import is_channels_last
+
+EAGER_FIRST = 2  # steps before the recorded one: the first (no previous point) and a warm-up
 
 
 def train_in_lockstep(
@@ -42,31 +50,18 @@ def train_in_lockstep(
         )
     if learner.skip_diverging:
         raise ConfigError("method.batched=true does not support train.on_divergence=skip; use one or the other.")
-    if any(t.head is not None for t in tasks):
-        raise ConfigError(
-            "method.batched=true trains one shared network shape; tasks with heads of their own "
-            "cannot be stacked. Set method.batched=false."
-        )
     assert steps is not None, "InitializationLearner.setup refuses batched tasks of variable length"
     if n == 0:
         return torch.zeros_like(theta0)
-    model = copy.deepcopy(learner.model)
+    check_stackable(tasks, "method.batched")
+    device = theta0.device
+    model = functional_model(learner.model, device)
     replace_all_batch_norm_modules_(model)  # batch statistics only, no in-place buffer updates under vmap
-    if getattr(model, "channels_last", False):  # a layout switch of the suite's models, not a capability
-        model.channels_last = False  # type: ignore[assignment]
-        model.to(memory_format=torch.contiguous_format)
     model.train()
     meta = {id(p) for p in learner.params}
-    names = [name for name, p in learner.model.named_parameters()]
     order = [(name, is_channels_last(p)) for name, p in learner.model.named_parameters() if id(p) in meta]
-    params = {name: p.detach().unsqueeze(0).repeat(n, *[1] * p.dim()) for name, p in model.named_parameters()}
-    assert list(params) == names
-
-    def loss_and_logits(ps: dict[str, Tensor], x: Tensor, y: Tensor):
-        logits = functional_call(model, ps, (x,))
-        return F.cross_entropy(logits, y), logits
-
-    step_all = vmap(grad_and_value(loss_and_logits, has_aux=True))
+    params = stack(dict(model.named_parameters()), n)
+    step_all = sgd_step(model)
 
     def flat(tensors: dict[str, Tensor]) -> Tensor:
         """(tasks, P) rows in the order of ``flat_params`` over the meta-parameters."""
@@ -75,36 +70,73 @@ def train_in_lockstep(
             dim=1,
         )
 
-    batch_size = inner.batch_size  # type: ignore[attr-defined]  # a supervised process (requires "labels")
-    streams = [iter(t.batches(steps, batch_size, torch.Generator().manual_seed(s))) for t, s in zip(tasks, seeds)]
-    states = [learner.begin_task(theta0) for _ in tasks]
-    sums = torch.zeros(4, dtype=torch.float64)
-    for step in range(steps):
-        batch = [next(s) for s in streams]
-        x = torch.stack([b[0] for b in batch]).to(theta0.device)
-        y = torch.stack([b[1] for b in batch]).to(theta0.device)
-        grads, (loss, logits) = step_all(params, x, y)
-        losses = loss.tolist()
-        for task, value in zip(tasks, losses):
-            if not math.isfinite(value):
-                raise DivergenceError(
-                    f"Non-finite loss ({value}) on task {task.name!r} at inner step {step}. Lower "
-                    "the learning rates (inner.optimizer.lr, method.meta_optimizer.lr) and run again."
-                )
-        errors = (logits.argmax(-1) != y).float().mean(1).tolist()
-        sums += torch.tensor([sum(losses), n, sum(errors), n], dtype=torch.float64)
-        p_rows, g_rows = flat(params), flat(grads)
-        for k in range(n):
-            learner.observe(states[k], Step(step, losses[k], step == steps - 1, _row(p_rows, k), _row(g_rows, k)))
-        params = {name: params[name] - lr * grads[name] for name in names}
-    final = flat(params)
-    stats[:4] += sums
-    total = torch.zeros_like(theta0)
-    for k in range(n):
-        total += learner.end_task(states[k], _row(final, k))
-    return total
+    data = Lockstep(tasks, [torch.Generator().manual_seed(s) for s in seeds], steps, inner.batch_size, device)  # type: ignore[attr-defined]
+    state = learner.begin_rows(theta0, n)
+    counter = torch.zeros(1, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    error_sum = torch.zeros((), dtype=torch.float64, device=device)
+    finite = torch.ones(n, dtype=torch.bool, device=device)
+
+    def step(index: int, last: bool) -> None:
+        """One inner step of every task; touches only tensors that live across steps, in place."""
+        x, y = data.batch(counter)
+        grads, (loss, logits) = step_all(params, {}, x, y)
+        finite.logical_and_(torch.isfinite(loss))
+        loss_sum.add_(loss.to(torch.float64).sum())
+        error_sum.add_((logits.argmax(-1) != y).float().mean(1).to(torch.float64).sum())  # as train_step's
+        learner.observe_rows(state, index, last, loss.detach(), flat(params), flat(grads))
+        for name, p in params.items():
+            p.sub_(lr * grads[name])
+        counter.add_(1)
+
+    graphs = device.type == "cuda" and learner.capturable and learner.cuda_graphs
+    run_steps(step, steps, graphs)
+    if not bool(finite.all()):
+        names = ", ".join(t.name for t, ok in zip(tasks, finite.tolist()) if not ok)
+        raise DivergenceError(
+            f"Non-finite loss on task(s) {names} within their {steps} inner steps. Lower the learning rates "
+            "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
+        )
+    stats[:4] += torch.tensor([float(loss_sum), n * steps, float(error_sum), n * steps], dtype=torch.float64)
+    return learner.end_rows(state, flat(params))
 
 
-def _row(rows: Tensor, k: int) -> Flat:
-    """Task ``k``'s row of a stacked (tasks, P) tensor, as the ``Step`` hooks take it."""
-    return lambda: rows[k]
+def run_steps(step: Callable[[int, bool], None], steps: int, graphs: bool) -> None:
+    """``step(i, i == steps - 1)`` for every i; with ``graphs`` the middle steps replay one recorded CUDA graph."""
+    if not graphs or steps < EAGER_FIRST + 2:
+        for i in range(steps):
+            step(i, i == steps - 1)
+        return
+    for i in range(EAGER_FIRST):
+        step(i, False)
+    graph = _record(step, EAGER_FIRST)
+    if graph is None:  # recording failed: the steps run eagerly (warned once)
+        for i in range(EAGER_FIRST, steps):
+            step(i, i == steps - 1)
+        return
+    for _ in range(EAGER_FIRST, steps - 1):
+        graph.replay()
+    step(steps - 1, True)
+
+
+_failed: list[str] = []
+
+
+def _record(step: Callable[[int, bool], None], index: int) -> torch.cuda.CUDAGraph | None:
+    """Step ``index`` recorded as a CUDA graph (recording runs nothing), or None where the recording fails."""
+    if _failed:
+        return None
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.synchronize()
+    try:
+        with torch.cuda.graph(graph):
+            step(index, False)
+    except RuntimeError as e:
+        _failed.append(str(e))
+        warnings.warn(
+            f"Recording the batched inner step as a CUDA graph failed ({e}); the steps run eagerly. "
+            "Set method.cuda_graphs=false to skip the attempt.",
+            stacklevel=2,
+        )
+        return None
+    return graph

@@ -21,3 +21,15 @@ class FOMAML(InitializationLearner):
 
     def end_task(self, state: Any, final: Flat) -> Tensor:
         return state["grad"]
+
+    capturable = True  # side by side: the last step's gradient rows copied (methods/batched.py)
+
+    def begin_rows(self, theta0: Tensor, n: int) -> Any:
+        return {"grad": theta0.new_zeros(n, theta0.numel())}
+
+    def observe_rows(self, state: Any, index: int, last: bool, losses: Tensor, params: Tensor, grads: Tensor) -> None:
+        if last:
+            state["grad"].copy_(grads)
+
+    def end_rows(self, state: Any, final: Tensor) -> Tensor:
+        return state["grad"].sum(0)

@@ -85,8 +85,9 @@ class Leap(InitializationLearner):
         stabilizer: bool = True,
         scope: str | None = None,
         batched: bool = False,
+        cuda_graphs: bool = True,
     ) -> None:
-        super().__init__(name, meta_optimizer, scope, batched)
+        super().__init__(name, meta_optimizer, scope, batched, cuda_graphs)
         self.norm, self.loss, self.stabilizer = norm, loss, stabilizer
 
     def setup(self, model: nn.Module, inner: LearningProcess, num_tasks: int) -> None:
@@ -148,3 +149,31 @@ class Leap(InitializationLearner):
 
     def end_task(self, state: Any, final: Flat) -> Tensor:
         return state["acc"]
+
+    # -- side by side (methods/batched.py): the general increment on (tasks, P) rows, in place --------------
+    capturable = True
+
+    def begin_rows(self, theta0: Tensor, n: int) -> Any:
+        rows = theta0.new_zeros(n, theta0.numel())
+        return {"acc": rows, "prev": rows.clone(), "prev_grad": rows.clone(), "prev_loss": theta0.new_zeros(n)}
+
+    def observe_rows(self, state: Any, index: int, last: bool, losses: Tensor, params: Tensor, grads: Tensor) -> None:
+        if index > 0:  # close the segment (psi^{i-1}, psi^i), as ``increment`` does for one task
+            step = params - state["prev"]
+            df = losses.to(params.dtype) - state["prev_loss"]
+            if self.stabilizer:
+                df = -df.abs()
+            if not self.loss:
+                df = torch.zeros_like(df)
+            scale = torch.ones_like(df)
+            if self.norm:
+                length = ((step * step).sum(1) + df * df).sqrt()
+                scale = torch.where(length > 0, 1 / length, scale)
+            state["acc"].sub_(step * scale[:, None])
+            state["acc"].sub_(state["prev_grad"] * (df * scale)[:, None])
+        state["prev"].copy_(params)
+        state["prev_grad"].copy_(grads)
+        state["prev_loss"].copy_(losses)
+
+    def end_rows(self, state: Any, final: Tensor) -> Tensor:
+        return state["acc"].sum(0)

@@ -25,8 +25,9 @@ class Reptile(InitializationLearner):
         last_step: bool = False,
         scope: str | None = None,
         batched: bool = False,
+        cuda_graphs: bool = True,
     ) -> None:
-        super().__init__(name, meta_optimizer, scope, batched)
+        super().__init__(name, meta_optimizer, scope, batched, cuda_graphs)
         self.last_step = last_step
 
     def observe(self, state: Any, step: Step) -> None:
@@ -35,3 +36,15 @@ class Reptile(InitializationLearner):
 
     def end_task(self, state: Any, final: Flat) -> Tensor:
         return state["theta0"] - (final() if self.last_step else state["final"])
+
+    capturable = True  # side by side: psi^{K-1} rows copied at the last step (methods/batched.py)
+
+    def begin_rows(self, theta0: Tensor, n: int) -> Any:
+        return {"theta0": theta0, "final": theta0.new_zeros(n, theta0.numel())}
+
+    def observe_rows(self, state: Any, index: int, last: bool, losses: Tensor, params: Tensor, grads: Tensor) -> None:
+        if last and not self.last_step:
+            state["final"].copy_(params)
+
+    def end_rows(self, state: Any, final: Tensor) -> Tensor:
+        return (state["theta0"] - (final if self.last_step else state["final"])).sum(0)

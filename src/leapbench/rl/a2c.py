@@ -316,6 +316,7 @@ class Training:
     """
 
     scores = ("return", "mean_return")
+    batched = False  # games train one after another
 
     frames: int = 10_000_000
     window: int = 100
