@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,31 @@ def test_bench_distributed_runs_ranks_and_independent_processes(tmp_path):
     for key in ("one_process_1_thread", "2_ranks_1_thread", "2_independent_processes_1_thread"):
         assert res[key]["task_steps_per_s"] > 0 and res[key]["rounds"] == 1
     assert res["scaling_vs_best_single_2_ranks"] > 0 and res["ceiling_vs_best_single_2_processes"] > 0
+
+
+@pytest.mark.data
+def test_gpu_paper_cell_runs_end_to_end_in_its_cpu_form(tmp_path):
+    """scripts/gpu_paper_cell.sh --smoke: the device checks pass on the CPU, both runs finish with every fast path
+    on and are exported, and the report has what the GPU run must report."""
+    out, results = tmp_path / "cell.json", tmp_path / "results"
+    subprocess.run(
+        ["bash", "scripts/gpu_paper_cell.sh", "--smoke", "--runs", str(tmp_path / "runs"), "--results", str(results),
+         "--out", str(out)],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=600, env={**os.environ, "PY": sys.executable},
+    )  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["finished"] and all(res["checks"][k]["ok"] for k in ("meta_step", "meta_step_graphs", "evaluation"))
+    assert res["paths"] == {"method.batched": True, "method.cuda_graphs": True, "eval.batched": True}
+    assert res["checks"]["meta_step"]["relative_difference"] < 1e-10
+    assert len(set(res["checks"]["evaluation"]["heldout"]["steps"])) > 1  # alphabets stopped at different points
+    assert all(v > 0 for v in res["throughput"]["task_steps_per_s"].values())
+    for key in ("wall_s", "commit", "torch", "device"):
+        assert res[key]
+    assert set(res["leap"]["seconds"]) == {"data", "meta_train", "validation", "test_at", "test"}
+    assert 0 <= res["leap"]["test_error"] <= 100 and 0 <= res["scratch"]["test_error"] <= 100
+    assert res["leap"]["meta_task_steps_per_s"] > 0
+    for method in ("leap", "scratch"):
+        summary = json.loads((results / "runs" / method / "n3-s0" / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["seconds"]["test"] > 0
+    cfg = (results / "runs" / "leap" / "n3-s0" / "config.yaml").read_text()
+    assert "batched: true" in cfg and "cuda_graphs: true" in cfg

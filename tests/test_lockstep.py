@@ -109,8 +109,10 @@ def test_replaying_one_recorded_step_gives_the_eager_meta_step(monkeypatch, make
     inner = Inner(SGD, steps=6, batch_size=8)
     results, recorded = [], []
 
-    def record(step, index):
-        recorded.append(Replay(step, index))
+    def record(step, first):  # as batched._record: the first steps run, then step ``first`` is recorded
+        for i in range(first):
+            step(i, False)
+        recorded.append(Replay(step, first))
         return recorded[-1]
 
     for graphs in (False, True):

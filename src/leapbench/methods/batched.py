@@ -107,10 +107,8 @@ def run_steps(step: Callable[[int, bool], None], steps: int, graphs: bool) -> No
         for i in range(steps):
             step(i, i == steps - 1)
         return
-    for i in range(EAGER_FIRST):
-        step(i, False)
     graph = _record(step, EAGER_FIRST)
-    if graph is None:  # recording failed: the steps run eagerly (warned once)
+    if graph is None:  # recording failed (warned once): the other steps run eagerly
         for i in range(EAGER_FIRST, steps):
             step(i, i == steps - 1)
         return
@@ -120,23 +118,34 @@ def run_steps(step: Callable[[int, bool], None], steps: int, graphs: bool) -> No
 
 
 _failed: list[str] = []
+_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def _record(step: Callable[[int, bool], None], index: int) -> torch.cuda.CUDAGraph | None:
-    """Step ``index`` recorded as a CUDA graph (recording runs nothing), or None where the recording fails."""
-    if _failed:
-        return None
-    graph = torch.cuda.CUDAGraph()
-    torch.cuda.synchronize()
-    try:
-        with torch.cuda.graph(graph):
-            step(index, False)
-    except RuntimeError as e:
-        _failed.append(str(e))
-        warnings.warn(
-            f"Recording the batched inner step as a CUDA graph failed ({e}); the steps run eagerly. "
-            "Set method.cuda_graphs=false to skip the attempt.",
-            stacklevel=2,
-        )
-        return None
+def _record(step: Callable[[int, bool], None], first: int) -> torch.cuda.CUDAGraph | None:
+    """Run steps 0..first-1 and record step ``first`` as a CUDA graph (recording runs nothing), both on one side
+    stream, as CUDA graphs ask; None where the recording fails (then only the first steps have run)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    stream = _streams.setdefault(device, torch.cuda.Stream())
+    stream.wait_stream(torch.cuda.current_stream())
+    graph: torch.cuda.CUDAGraph | None = None
+    with torch.cuda.stream(stream):
+        for i in range(first):
+            step(i, False)
+        if not _failed:
+            graph = torch.cuda.CUDAGraph()
+            try:  # capture_begin/end, not torch.cuda.graph: that empties the allocator's cache at every recording
+                graph.capture_begin()
+                try:
+                    step(first, False)
+                finally:
+                    graph.capture_end()
+            except RuntimeError as e:
+                _failed.append(str(e))
+                graph = None
+                warnings.warn(
+                    f"Recording the batched inner step as a CUDA graph failed ({e}); the steps run eagerly. "
+                    "Set method.cuda_graphs=false to skip the attempt.",
+                    stacklevel=2,
+                )
+    torch.cuda.current_stream().wait_stream(stream)
     return graph
