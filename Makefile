@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export LEAP_DATA_DIR ?= $(abspath data)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench sync-wandb clean
+.PHONY: help install lint format test test-fast quickstart smoke protocol table1 figures budget reproduce-budget reproduce-omniglot-small reproduce-omniglot table2 reproduce-multicv-small reproduce-multicv fig3 reproduce-atari-small reproduce-atari bench gpu-cell sync-wandb clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ bench: $(STAMP) ## Benchmarks (about 10 min): Leap overhead, vs the reference ap
 	$(BIN)/python scripts/bench_distributed.py
 	$(BIN)/python scripts/bench_atari.py --threads 1 --seconds 30
 	$(BIN)/python scripts/bench_atari.py --threads 2 --seconds 30 --out results/bench/atari_2threads.json
+
+gpu-cell: $(STAMP) ## A paper-scale Omniglot cell on one GPU (Leap, 20 tasks, and no pretraining): checks, timing, at most 9 min
+	PY=$(BIN)/python bash scripts/gpu_paper_cell.sh $(ARGS)
 
 sync-wandb: ## Upload offline W&B runs under runs/, each run's resumed segments in order (needs network and a W&B login)
 	$(BIN)/python scripts/sync_wandb.py runs

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Check the runner on a GPU: smoke runs with device=cuda of Omniglot (Leap, batched Leap, fine-tuning, Reptile,
+# Check the runner on a GPU: smoke runs with device=cuda of Omniglot (Leap, batched=true Leap, fine-tuning, Reptile,
 # 2 torchrun ranks sharing GPU 0 over gloo; nccl needs one GPU per rank) and Multi-CV (Leap, fine-tuning, scratch,
 # on facescrub/notMNIST/MNIST), with the same Leap runs on the CPU beside them. Smoke scale: scores are near
 # chance by design; the check is that every path runs on the device and writes its results.
@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1 LEAP_RUNS_DIR=${LEAP_RUNS_DIR:-$(mktemp -d)} LEAP_CACH
 PY=${PY:-python}
 O="experiment=omniglot scale=smoke progress=false"
 M="experiment=multicv scale=smoke progress=false data.datasets=[facescrub,notmnist,mnist] heldout=mnist"
-for args in "$O method=leap" "$O method=leap device=cpu tag=-cpu" "$O method=leap method.batched=true tag=-batched" \
+for args in "$O method=leap" "$O method=leap device=cpu tag=-cpu" "$O method=leap batched=true tag=-batched" \
             "$O method=finetune" "$O method=reptile" "$M method=leap" "$M method=finetune" "$M method=scratch" \
             "$M method=leap device=cpu tag=-cpu"; do
   $PY run.py device=cuda $args  # a later device= on the line wins

@@ -88,6 +88,14 @@ def check_evaluation(tasks: list, device: torch.device) -> dict:
     return out
 
 
+def attempt(check, *args, **kwargs) -> dict:
+    """A check's result; one that raises has failed (its path is then switched off for the cell)."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of a fast path only switches it off
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
 def throughput(device: torch.device, cache: str, smoke: bool) -> dict:
     """Task-steps/s of one paper-shaped Leap meta-step (after one warm-up step) on each path."""
     tasks = alphabets(device, cache, torch.float32)[:5] * (1 if smoke else 4)  # 20 tasks on the GPU
@@ -162,12 +170,14 @@ def main() -> None:
     report |= {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
     tasks = alphabets(device, cache)
-    checks = {"meta_step": check_meta_step(tasks, device, graphs=False)}
-    checks["meta_step_graphs"] = check_meta_step(tasks, device, graphs=True)
-    checks["evaluation"] = check_evaluation(tasks, device)
+    checks = {
+        "meta_step": attempt(check_meta_step, tasks, device, graphs=False),
+        "meta_step_graphs": attempt(check_meta_step, tasks, device, graphs=True),
+        "evaluation": attempt(check_evaluation, tasks, device),
+    }
     print("[gpu_paper_cell] checks: " + json.dumps(checks), flush=True)
     report["checks"] = checks
-    report["throughput"] = throughput(device, cache, args.smoke)
+    report["throughput"] = attempt(throughput, device, cache, args.smoke)
     print("[gpu_paper_cell] throughput: " + json.dumps(report["throughput"]), flush=True)
     graphs = checks["meta_step_graphs"]["ok"]
     batched = checks["meta_step"]["ok"]

@@ -169,7 +169,7 @@ class Inner:
             model.select(task.head)  # type: ignore[operator]  # its own output layer; later scoring (error_on) uses the same head
         model.train()
         opt = self.optimizer(model.parameters())
-        device = next(model.parameters()).device  # images stay on the CPU; each batch moves (a no-op there)
+        device = next(model.parameters()).device  # a no-op when the images are on the model's device (runner)
         for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
             loss, err = train_step(model, opt, x.to(device), y.to(device), forward, task.name, i, zero_grad)
             if hook is not None:

@@ -23,7 +23,7 @@ from .errors import ConfigError, write_error
 from .logging import atomic_open
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
-NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "paths", "cell", "run_name")
+NON_RESULT_KEYS = ("progress", "overwrite", "threads", "device", "logger", "paths", "cell", "run_name", "batched")
 # Train keys that say how to survive faults, not what to compute (a run that finished computed the same either way).
 NON_RESULT_TRAIN_KEYS = ("ckpt_every", "on_divergence")
 # Method keys for tables and figures only: not passed to the method's class, never part of a run's identity.

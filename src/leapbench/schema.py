@@ -95,6 +95,7 @@ class Run:
     overwrite: bool
     threads: int | None
     device: str  # cpu, cuda or cuda:N (runner.check_device)
+    batched: bool  # the default of method.batched, val.batched and eval.batched (the groups' own keys decide)
     progress: bool
     paths: Paths
     run_name: str
