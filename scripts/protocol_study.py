@@ -18,13 +18,12 @@ the committed results. Writes results/omniglot/protocol/{protocol.csv,protocol.m
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
@@ -83,7 +82,7 @@ def collect(runs: Path, out: Path) -> int:
     )
 
 
-def rows(out: Path) -> list[dict]:
+def rows(out: Path) -> pd.DataFrame:
     """One row per exported run of this study (runs without ``eval.stop_on`` predate it and are left out)."""
     out_rows = []
     for folder in sorted(p.parent for p in (out / "runs").glob("*/summary.json")):
@@ -109,15 +108,15 @@ def rows(out: Path) -> list[dict]:
                 "command": s["command"],
             }
         )
-    order = list(RULES)
-    return sorted(out_rows, key=lambda r: (order.index(r["rule"]), AUGMENTS.index(r["augment"]), r["seed"]))
+    df = pd.DataFrame(out_rows)
+    if df.empty:
+        return df
+    df["order"] = df["rule"].map(list(RULES).index) * len(AUGMENTS) + df["augment"].map(AUGMENTS.index)
+    return df.sort_values(["order", "seed"], kind="stable").drop(columns="order").reset_index(drop=True)
 
 
-def write(table: list[dict], out: Path) -> None:
-    with open(out / "protocol.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(table)
+def write(table: pd.DataFrame, out: Path) -> None:
+    table.to_csv(out / "protocol.csv", index=False, lineterminator="\n")
     lines = [
         "# Adaptation protocol study: no pretraining (random init) on the 10 test alphabets of each split",
         "",
@@ -128,15 +127,20 @@ def write(table: list[dict], out: Path) -> None:
         "| adaptation | augmentation | test error % | range | train-error AUC | mean steps | splits |",
         "|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in table:
-        groups.setdefault((r["rule"], r["augment"]), []).append(r)
-    for (rule, aug), rs in groups.items():
-        e = np.array([r["test_error"] for r in rs])
-        sd = f" ± {e.std(ddof=1):.1f}" if len(e) > 1 else ""
+    cells = table.groupby(["rule", "augment"], sort=False).agg(
+        mean=("test_error", "mean"),
+        std=("test_error", "std"),
+        low=("test_error", "min"),
+        high=("test_error", "max"),
+        auc=("auc", "mean"),
+        steps=("mean_steps", "mean"),
+        n=("test_error", "size"),
+    )
+    for (rule, aug), c in cells.iterrows():
+        sd = f" ± {c['std']:.1f}" if c["n"] > 1 else ""
         lines.append(
-            f"| {rule} | {aug} | {e.mean():.1f}{sd} | {e.min():.1f}-{e.max():.1f} | "
-            f"{np.mean([r['auc'] for r in rs]):.1f} | {np.mean([r['mean_steps'] for r in rs]):.0f} | {len(rs)} |"
+            f"| {rule} | {aug} | {c['mean']:.1f}{sd} | {c['low']:.1f}-{c['high']:.1f} | {c['auc']:.1f} | "
+            f"{c['steps']:.0f} | {int(c['n'])} |"
         )
     lines += [
         "",
@@ -150,16 +154,15 @@ def write(table: list[dict], out: Path) -> None:
         "|---|---|---|---|",
     ]
     heldout, val = list(RULES)[:2]
+    by_split = table.pivot_table(index=["augment", "seed"], columns="rule", values="test_error")
     for aug in AUGMENTS:
-        a = {r["seed"]: r["test_error"] for r in groups.get((heldout, aug), [])}
-        v = {r["seed"]: r for r in groups.get((val, aug), [])}
-        common = sorted(set(a) & set(v))
-        if len(common) >= 2:
-            total = format_interval([a[s] - v[s]["test_error"] for s in common])
-            selection = format_interval([v[s]["oracle_error"] - v[s]["test_error"] for s in v])
-            lines.append(f"| {aug} | {total} | {selection} | {len(common)} |")
-    commits = sorted({r["commit"] for r in table})
-    lines += ["", f"Commit(s): {', '.join(commits)}.", ""]
+        v = table[(table["rule"] == val) & (table["augment"] == aug)]
+        pairs = by_split.loc[aug].dropna(subset=[heldout, val]) if aug in by_split.index.get_level_values(0) else None
+        if pairs is not None and heldout in pairs and len(pairs) >= 2:
+            total = format_interval((pairs[heldout] - pairs[val]).tolist())
+            selection = format_interval((v["oracle_error"] - v["test_error"]).tolist())
+            lines.append(f"| {aug} | {total} | {selection} | {len(pairs)} |")
+    lines += ["", f"Commit(s): {', '.join(sorted(table['commit'].unique()))}.", ""]
     (out / "protocol.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -186,7 +189,7 @@ def main() -> None:
         run_missing([int(s) for s in args.seeds.split(",")], augments, runs, out, args.overrides)
     collect(runs, out)
     table = rows(out)
-    if not table:
+    if table.empty:
         sys.exit("No finished protocol runs found; run without --collect first.")
     write(table, out)
 
