@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A paper-scale Omniglot cell (Leap, 20 pretraining alphabets, then no pretraining on the same split) on one GPU in
 # one short window: equality checks on the device, throughput, then the two runs (scripts/gpu_paper_cell.py).
-#   LEAP_DATA_DIR=<datasets> bash scripts/gpu_paper_cell.sh            # on a GPU; at most --budget seconds (540)
+#   LEAP_DATA_DIR=<datasets> bash scripts/gpu_paper_cell.sh            # on a GPU; at most --budget seconds (480)
 #   LEAP_DATA_DIR=<datasets> bash scripts/gpu_paper_cell.sh --smoke    # the CPU form, seconds (tests run it)
 # A run cut off by the budget checkpoints; calling the script again resumes it. Writes
 # results/bench/gpu_paper_cell.json and exports the finished runs to results/omniglot/paper/runs/.

@@ -39,7 +39,16 @@ CATALOGUE = [
     (OMNIGLOT, ["logger=wandb", "logger.mode=sometimes"], "logger.mode=sometimes is not allowed"),
     (OMNIGLOT, ["device=tpu"], "device=tpu is not allowed; choose cpu, cuda or cuda:N"),
     # ranges and rules across keys
-    (OMNIGLOT, ["inner.optimizer.lr=-1"], "inner.optimizer.lr=-1 must be positive"),
+    (OMNIGLOT, ["inner.optimizer.lr=-1"], "inner.optimizer.lr=-1 must be a positive finite number"),
+    (OMNIGLOT, ["inner.optimizer.lr=inf"], "inner.optimizer.lr=inf must be a positive finite number"),
+    (OMNIGLOT, ["+inner.optimizer.momentum=-1"], "inner.optimizer: Invalid momentum value: -1"),
+    (ATARI, ["inner.optimizer.eps=-1"], "inner.optimizer: Invalid epsilon value: -1"),
+    (OMNIGLOT, ["seed=99999999999999999999"], "seed=99999999999999999999 must be in 0..2**32-1"),
+    (OMNIGLOT, ["tag=a/b"], "tag=a/b becomes part of the run's folder name"),
+    (OMNIGLOT, ["data.num_test=0"], "data.num_test=0 must be at least 1"),
+    (OMNIGLOT, ["data.num_heldout=0"], "data.num_heldout=0 must be at least 1"),
+    (MULTICV, ["data.max_test=0"], "data.max_test=0 must be at least 1"),
+    (ATARI, ["data.test=[]"], "data.test lists no games"),
     (OMNIGLOT, ["train.meta_batch_size=0"], "train.meta_batch_size=0 must be at least 1"),
     (OMNIGLOT, ["eval.max_steps=2"], "eval.max_steps=2 must be >= steps=5"),
     (OMNIGLOT, ["inner.patience=0"], "inner.patience=0 must be at least 1"),
@@ -66,7 +75,11 @@ CATALOGUE = [
     (OMNIGLOT, ["scale=huge"], "scale=huge: no such option; choose one of budget, paper, small, smoke"),
     (OMNIGLOT, ["experiment=omniglott"], "experiment=omniglott: no such option"),
     (OMNIGLOT, ["seed=["], "cannot read 'seed=['"),
+    (OMNIGLOT, ["preset=omniglot_smol"], "preset=omniglot_smol: no such option"),  # an optional group: not skipped
     # impossible method x experiment pairs
+    (OMNIGLOT, ["method.scope=nosuch"], "method.scope='nosuch' selects no parameters of the model"),
+    (OMNIGLOT, ["inner.batch_size=100000"], "inner.batch_size=100000 is larger than task"),
+    (OMNIGLOT, ["model.in_channels=3"], "model.in_channels=3 but the images have 1 channel(s)"),
     (MULTICV, ["method=finetune_single"], "method=finetune_single needs tasks that share one output layer"),
     (ATARI, ["method=finetune"], "method=finetune needs labelled training batches"),
     (
@@ -152,11 +165,14 @@ def test_bad_value_aimed_at_a_finished_run_names_the_value_and_changes_nothing(f
     assert cli(OMNIGLOT, "method=scratch", runs=runs, fake_root=fake_root).returncode == 0
     before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
     for bad, message in (
-        ("inner.optimizer.lr=-1", "inner.optimizer.lr=-1 must be positive"),
-        ("eval.stop_on=vall", "eval.stop_on=vall is not allowed"),
-        ("eval.patience=0", "eval.patience=0 must be at least 1"),
+        (["inner.optimizer.lr=-1"], "inner.optimizer.lr=-1 must be a positive finite number"),
+        (["eval.stop_on=vall"], "eval.stop_on=vall is not allowed"),
+        (["eval.patience=0"], "eval.patience=0 must be at least 1"),
+        (["inner.batch_size=100000"], "inner.batch_size=100000 is larger than task"),  # a check that needs the data
+        (["overwrite=true", "data.num_heldout=0"], "data.num_heldout=0 must be at least 1"),  # nothing removed first
+        (["overwrite=true", "inner.batch_size=100000"], "inner.batch_size=100000 is larger than task"),
     ):
-        refused(cli(OMNIGLOT, "method=scratch", bad, runs=runs, fake_root=fake_root), message)
+        refused(cli(OMNIGLOT, "method=scratch", *bad, runs=runs, fake_root=fake_root), message)
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 

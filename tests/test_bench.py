@@ -84,3 +84,22 @@ def test_gpu_paper_cell_runs_end_to_end_in_its_cpu_form(tmp_path):
         assert summary["status"] == "finished" and summary["seconds"]["test"] > 0
     cfg = (results / "runs" / "leap" / "n3-s0" / "config.yaml").read_text()
     assert "batched: true" in cfg and "cuda_graphs: true" in cfg
+
+
+def test_gpu_paper_cell_stops_at_its_budget_reports_and_resumes(tmp_path):
+    """A window that closes early: the runs are stopped (Ctrl-C) at the budget, the report says how far they got,
+    and the next call keeps the first call's fast paths and finishes the cell."""
+    out, runs = tmp_path / "cell.json", tmp_path / "runs"
+    args = ["bash", "scripts/gpu_paper_cell.sh", "--smoke", "--runs", str(runs), "--results", str(tmp_path / "r")]
+    env = {**os.environ, "PY": sys.executable}
+    subprocess.run([*args, "--out", str(out), "--budget", "0", "--reserve", "0"], cwd=ROOT, check=True,
+                   capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    cut = json.loads(out.read_text())
+    assert not cut["finished"] and not cut["leap"]["finished"] and cut["leap"]["exit_code"] != 0
+    assert cut["leap"]["meta_steps_done"] >= 0 and cut["checks"]["meta_step"]["ok"]
+    kept = json.loads((runs / "gpu_paper_cell_paths.json").read_text())
+    assert kept == cut["paths"]
+    subprocess.run([*args, "--out", str(out)], cwd=ROOT, check=True, capture_output=True, text=True, timeout=600,
+                   env=env)  # fmt: skip
+    done = json.loads(out.read_text())
+    assert done["finished"] and done["paths"] == kept and done["leap"]["meta_steps_done"] == 3

@@ -90,6 +90,12 @@ def preflight(args: list[str]) -> None:
         ]
     except (HydraException, ValueError):
         return
+    for override, vs in zip(parsed, values):
+        group = override.key_or_group
+        if group in OPTIONAL_GROUPS:  # Hydra skips a missing option of an optional group without a word
+            for name in (v.partition("=")[2] for v in vs):
+                if name != "null" and not (CONF / group / f"{name}.yaml").is_file():
+                    fail(explain(f"{group}={name}", OmegaConf.create(), ValueError()))
     sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
     first = [str(v[0]) for v in values]
     jobs: list[list[str]] = [first] + [
@@ -111,6 +117,7 @@ def preflight(args: list[str]) -> None:
             fail(f"{sweep} lists several values; add -m to sweep over them.")
 
 
+OPTIONAL_GROUPS = ("preset", "method_setting")  # chosen by experiment, scale and method (conf/config.yaml)
 COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, ValueError)
 
 

@@ -38,6 +38,18 @@ def optimizer_lr(factory: Callable[..., Optimizer]) -> float | None:
     return getattr(factory, "keywords", {}).get("lr")
 
 
+def check_optimizer(factory: Callable[..., Optimizer], key: str) -> None:
+    """Refuse an optimizer factory whose lr is not a positive finite number or whose other values its class rejects
+    (a negative momentum, nesterov without momentum, ...): built once on a stand-in parameter, before any run."""
+    lr = optimizer_lr(factory)
+    if lr is not None and not 0 < lr < math.inf:
+        raise ConfigError(f"{key}.lr={lr} must be a positive finite number.")
+    try:
+        factory([torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}.") from None
+
+
 def plain_sgd_lr(factory: Callable[..., Optimizer]) -> float | None:
     """The ``lr`` of an optimizer factory that is plain SGD (every update is psi - lr * grad), else None."""
     kw = dict(getattr(factory, "keywords", {}))
@@ -74,9 +86,7 @@ class Inner:
         patience: int | None = None,
         check_every: int = 20,
     ) -> None:
-        lr = optimizer_lr(optimizer)
-        if lr is not None and not lr > 0:
-            raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
+        check_optimizer(optimizer, "inner.optimizer")
         if steps < 1:
             raise ConfigError(f"inner.steps={steps} must be at least 1.")
         if batch_size < 1:

@@ -82,8 +82,9 @@ def result_config(config: DictConfig | dict) -> dict:
     return c
 
 
-def finished_run(cfg: DictConfig) -> dict | None:
-    """The summary of a finished run with this config in ``run_dir``, if any; refuse to clobber a different one."""
+def finished_run(cfg: DictConfig, refuse: bool = True) -> dict | None:
+    """The summary of a finished run with this config in ``run_dir``, if any; refuse to clobber a different one
+    (``refuse=False``: None for a different one)."""
     run_dir = Path(cfg.run_dir)
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     if cfg.overwrite or not summary_path.exists():
@@ -94,6 +95,8 @@ def finished_run(cfg: DictConfig) -> dict | None:
     old = cast(dict, OmegaConf.to_container(OmegaConf.load(config_path))) if config_path.exists() else None
     if old is not None and result_config(old) == result_config(cfg):
         return summary
+    if not refuse:
+        return None
     raise ConfigError(
         f"{run_dir} holds a finished run with a different config. Set tag=<name> to keep both, "
         "or overwrite=true to replace it."

@@ -9,6 +9,7 @@ loop), ``provenance`` (command, commit, libraries).
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,6 +30,7 @@ from .methods.base import InitializationLearner
 from .protocols import Benchmark
 from .provenance import provenance
 from .rundir import PRESENTATION_KEYS, finished_run, result_config, run_lock, start_run_dir
+from .tasks import Task
 
 __all__ = ["build", "eval_seeds", "method_node", "run", "validate"]
 
@@ -61,6 +63,16 @@ def build(node: DictConfig, **kwargs):
 
 def check(cfg: DictConfig) -> None:
     t = cfg.train
+    for key in ("seed", "data.split_seed"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int) and not 0 <= value < 2**32:
+            raise ConfigError(f"{key}={value} must be in 0..2**32-1.")
+    if not str(cfg.paths.runs).strip():
+        raise ConfigError("paths.runs is empty; name the folder for run directories (default: ./runs).")
+    if not re.fullmatch(r"[\w.,=+-]*", str(cfg.tag)):
+        raise ConfigError(
+            f"tag={cfg.tag} becomes part of the run's folder name; use letters, digits and . , = + - _ only."
+        )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads={cfg.threads} must be at least 1 (or null: PyTorch's default).")
     if t.meta_steps < 0:
@@ -114,6 +126,33 @@ def validate(cfg: DictConfig) -> tuple:
     return inner, learner, val_adapt, test_adapt
 
 
+def check_data(cfg: DictConfig, data: Benchmark) -> None:
+    """The checks that need the tasks: something to test, batches the training sets can fill, labels the model
+    can output. Still before anything is written."""
+    if not data.test:
+        raise ConfigError(f"experiment={cfg.experiment_name} has no test tasks with this config; name at least one.")
+    tasks = [t for t in [*data.pretrain, *data.val, *data.test] if isinstance(t, Task)]
+    size = cfg.inner.get("batch_size")
+    small = min(tasks, key=lambda t: len(t.y_train), default=None)
+    if size is not None and small is not None and size > len(small.y_train):
+        raise ConfigError(
+            f"inner.batch_size={size} is larger than task {small.name}'s {len(small.y_train)} training images; "
+            f"choose 1..{len(small.y_train)}."
+        )
+    channels = cfg.model.get("in_channels")
+    if channels is not None and tasks and tasks[0].x_train.dim() == 4 and tasks[0].x_train.shape[1] != channels:
+        raise ConfigError(
+            f"model.in_channels={channels} but the images have {tasks[0].x_train.shape[1]} channel(s); "
+            f"set model.in_channels={tasks[0].x_train.shape[1]}."
+        )
+    outputs = cfg.model.get("num_classes")
+    labels = max((int(t.y_train.max()) + 1 for t in tasks if t.head is None and len(t.y_train)), default=0)
+    if outputs is not None and labels > outputs:
+        raise ConfigError(
+            f"model.num_classes={outputs} is smaller than the tasks' {labels} classes; set model.num_classes={labels}."
+        )
+
+
 def method_node(cfg: DictConfig) -> DictConfig:
     """``cfg.method`` without its presentation keys (label, colour): what the method's class is built from."""
     node = cast(dict, OmegaConf.to_container(cfg.method, resolve=True))  # resolved here: the copy has no parent config
@@ -163,7 +202,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     inner, learner, val_adapt, test_adapt = validate(cfg)
     device = resolve_device(str(cfg.device))
     distributed.init(device)
-    done = finished_run(cfg)
+    done = finished_run(cfg, refuse=False)  # a different finished run is refused below, once every value is checked
     if done is not None:
         say(f"{cfg.run_dir} already finished with this config; skipping (overwrite=true reruns it).")
         return done
@@ -175,6 +214,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     data.to(device)  # images live on the run's device (a no-op on the CPU)
     seconds = {"data": round(time.perf_counter() - start, 3)}
     learner.skip_diverging = cfg.train.on_divergence == "skip"
+    check_data(cfg, data)
+    with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
+        learner.setup(model, inner, len(data.pretrain))  # its refusals (method.scope, ...) come before any write
     if learner.trains and not data.pretrain:
         raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
     if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):
@@ -182,6 +226,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             f"method={learner.name} trains one model on all tasks at once and has no task-parallel "
             "mode; run it without torchrun (one process per run, e.g. launcher=joblib)."
         )
+    finished_run(cfg)  # a different finished run: refused now that every value is known good, before the lock
     # Only now, and only on rank 0: a config or data error leaves nothing behind.
     with run_lock(Path(cfg.run_dir)) if distributed.is_main() else nullcontext():
         # Again, under the lock (another job may have finished it); rank 0 decides for every rank.
@@ -205,10 +250,6 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device, se
     resume = distributed.broadcast(None if cfg.overwrite or not main else checkpoint.load(run_dir, config_hash))
     if main:
         start_run_dir(cfg, resuming=resume is not None)
-    with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
-        torch.manual_seed(cfg.seed)
-        model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
-        learner.setup(model, inner, len(data.pretrain))
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name, config=config) if main else NullLogger()

@@ -18,6 +18,8 @@ class AtariGames:
     provides: frozenset[str] = frozenset()  # every game has its own policy head (runner.NEEDS)
 
     def __init__(self, pool: list[str], heldout: list[str], test: list[str], pretrain: list[str] | None = None) -> None:
+        if not test:
+            raise ConfigError("data.test lists no games; name at least one game to test on (Fig. 3).")
         counts = action_counts()
         for key, games in (("pool", pool), ("heldout", heldout), ("test", test), ("pretrain", pretrain or [])):
             for game in games:

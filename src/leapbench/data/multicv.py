@@ -434,6 +434,9 @@ class MultiCV:
         download: bool = False,
     ) -> None:
         datasets = list(datasets)
+        for key, value in (("max_train", max_train), ("max_test", max_test)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key}={value} must be at least 1 (or null: every image).")
         unknown = [d for d in datasets + [heldout] if d not in DATASETS]
         if unknown:
             raise ConfigError(f"Unknown Multi-CV dataset {unknown[0]!r}; valid names: {', '.join(DATASETS)}")

@@ -225,6 +225,11 @@ class Omniglot:
     ) -> None:
         if resample not in RESAMPLING:
             raise ConfigError(f"Unknown data.resample={resample!r}; choose one of {', '.join(RESAMPLING)}.")
+        for key, value, low in (("num_test", num_test, 1), ("num_val", num_val, 0), ("num_classes", num_classes, 2)):
+            if value < low:
+                raise ConfigError(f"data.{key}={value} must be at least {low}.")
+        if num_heldout < 1:
+            raise ConfigError(f"data.num_heldout={num_heldout} must be at least 1 (the images each test is scored on).")
         augment_fn, augment_heldout = make_augment(augment, image_size)
         folder = locate(root, download)
         listing = list_alphabets(folder)
@@ -242,7 +247,10 @@ class Omniglot:
         def task(name: str, task_id: int) -> Task:
             xs = np.stack([images[f"{name}/{c}"] for c in chars[name]])  # (classes, drawers, H, W)
             if xs.shape[1] <= num_heldout:
-                raise DataError(f"Alphabet {name} has only {xs.shape[1]} images per character; expected 20.")
+                raise ConfigError(
+                    f"data.num_heldout={num_heldout} leaves no training images: alphabet {name} has "
+                    f"{xs.shape[1]} images per character; choose 1..{xs.shape[1] - 1}."
+                )
             x = torch.from_numpy(xs).float().div_(255.0).unsqueeze(2)  # (classes, drawers, 1, H, W)
             y = torch.arange(len(xs)).unsqueeze(1)
             tr, ho = x[:, num_heldout:], x[:, :num_heldout]

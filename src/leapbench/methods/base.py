@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from .. import distributed
 from ..errors import ConfigError
-from ..inner import DivergenceError, optimizer_lr
+from ..inner import DivergenceError, check_optimizer
 from ..protocols import Flat, LearningProcess, Step
 from ..tasks import Task
 from .batched import train_in_lockstep
@@ -90,9 +90,7 @@ class InitializationLearner(MetaLearner):
     ) -> None:
         super().__init__(name)
         self.cuda_graphs = cuda_graphs
-        lr = optimizer_lr(meta_optimizer)
-        if lr is not None and not lr > 0:
-            raise ConfigError(f"method.meta_optimizer.lr={lr} must be positive.")
+        check_optimizer(meta_optimizer, "method.meta_optimizer")
         self.meta_optimizer, self.scope, self.batched = meta_optimizer, scope, batched
         # Tasks side by side (batched.py) need labelled batches, one network shape, a known length and plain SGD.
         self.requires = frozenset({"labels", "shared_head", "fixed_length", "plain_sgd"} if batched else ())

@@ -119,6 +119,7 @@ def run_steps(step: Callable[[int, bool], None], steps: int, graphs: bool) -> No
 
 _failed: list[str] = []
 _streams: dict[torch.device, torch.cuda.Stream] = {}
+_last: dict[torch.device, torch.cuda.CUDAGraph] = {}  # the latest graph per device: the next records into its pool
 
 
 def _record(step: Callable[[int, bool], None], first: int) -> torch.cuda.CUDAGraph | None:
@@ -133,12 +134,17 @@ def _record(step: Callable[[int, bool], None], first: int) -> torch.cuda.CUDAGra
             step(i, False)
         if not _failed:
             graph = torch.cuda.CUDAGraph()
-            try:  # capture_begin/end, not torch.cuda.graph: that empties the allocator's cache at every recording
-                graph.capture_begin()
+            # capture_begin/end, not torch.cuda.graph: that empties the allocator's cache at every recording. Every
+            # meta-batch records into one memory pool (a dropped graph's own pool is only freed by empty_cache);
+            # sharing it is safe because an older graph is never replayed again.
+            last = _last.get(device)
+            try:
+                graph.capture_begin(pool=None if last is None else last.pool())
                 try:
                     step(first, False)
                 finally:
                     graph.capture_end()
+                _last[device] = graph
             except RuntimeError as e:
                 _failed.append(str(e))
                 graph = None

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError
-from ..inner import DivergenceError, optimizer_lr
+from ..inner import DivergenceError, check_optimizer
 from ..protocols import StepHook, ZeroGrad
 from .atari import ENV_SETTINGS, check_game, make_env, to_tensor
 
@@ -154,9 +154,7 @@ class A2C:
         env_threads: int = 1,
         episode_frames: int = 108_000,
     ) -> None:
-        lr = optimizer_lr(optimizer)
-        if lr is not None and not lr > 0:
-            raise ConfigError(f"inner.optimizer.lr={lr} must be positive.")
+        check_optimizer(optimizer, "inner.optimizer")
         for name, v in (
             ("updates", updates),
             ("num_envs", num_envs),
