@@ -135,6 +135,14 @@ def test_runs_that_do_not_fit_are_reported_by_name(results, tmp_path):
     shutil.copytree(base / "runs" / "leap" / "n1-s0", other)
     s = json.loads((other / "summary.json").read_text())
     (other / "summary.json").write_text(json.dumps(s | {"experiment": "atari"}))
+    crashed = base / "runs" / "leap" / "n1-s1"
+    crashed.mkdir()
+    (crashed / "summary.json").write_text(json.dumps({"status": "crashed", "error": "RuntimeError: boom"}))
+    old = base / "runs" / "scratch" / "n1-s0"  # an older summary without split_seed: read from its config.yaml
+    s = json.loads((old / "summary.json").read_text())
+    del s["split_seed"]
+    (old / "summary.json").write_text(json.dumps(s))
+    (old / "config.yaml").write_text("data: {num_pretrain: 1, split_seed: 7}\n")
     out = subprocess.run(
         [sys.executable, "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results)],
         cwd=ROOT,
@@ -143,7 +151,10 @@ def test_runs_that_do_not_fit_are_reported_by_name(results, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "runs/scratch/n1-s0-copy" in out.stderr and "atari-run" in out.stderr
-    assert len(pd.read_csv(base / "runs.csv")) == 2 and len(pd.read_csv(base / "table1.csv")) == 2  # misfits left out
+    assert "runs/leap/n1-s1 (status crashed)" in out.stderr
+    runs = pd.read_csv(base / "runs.csv")
+    assert runs.set_index("method").loc["scratch", "split_seed"] == 7
+    assert len(runs) == 2 and len(pd.read_csv(base / "table1.csv")) == 2  # misfits left out
 
 
 def test_committed_tables_regenerate_byte_for_byte(tmp_path):

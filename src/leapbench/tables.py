@@ -115,7 +115,7 @@ def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.Met
         "cell": s.get("cell"),
         "num_pretrain": s.get("num_pretrain"),
         "seed": s["seed"],
-        "split_seed": s.get("split_seed"),
+        "split_seed": s.get("split_seed", _get(cfg, "data.split_seed")),  # older summaries: from the config
     }
     tail = {
         "val_best_step": (s.get("val_best") or {}).get("meta_step"),
@@ -167,7 +167,8 @@ def runs_table(base: Path, spec: Spec, conf_dirs: tuple[Path, ...] = ()) -> pd.D
     rows = []
     for p in sorted((base / "runs").rglob("summary.json")):
         s = json.loads(p.read_text())
-        if s.get("status") != "finished":
+        if s.get("status") != "finished" or "test" not in s:
+            print(f"not in the {spec.experiment} table: {p.parent} (status {s.get('status')})", file=sys.stderr)
             continue
         if s.get("experiment") != spec.experiment:
             print(f"not in the {spec.experiment} table: {p.parent} (a {s.get('experiment')} run)", file=sys.stderr)
