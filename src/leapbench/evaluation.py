@@ -76,7 +76,7 @@ class Adaptation:
     val_per_class: int = 3
     batched: bool = False  # adapt the tasks side by side (adapt_side_by_side); equal to one after another
 
-    def __post_init__(self) -> None:  # messages name the key within its group (eval or val): runner.validate
+    def __post_init__(self) -> None:  # messages name the key within its group (eval or val): checks.validate
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode} is not allowed; choose one of {', '.join(MODES)}.")
         if self.stop_on not in STOP_ON:

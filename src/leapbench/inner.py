@@ -107,7 +107,7 @@ class Inner:
 
     @property
     def provides(self) -> frozenset[str]:
-        """What this learning process offers a method (``runner.NEEDS``): labelled batches, and with this config
+        """What this learning process offers a method (``checks.NEEDS``): labelled batches, and with this config
         maybe a fixed number of updates per task and plain SGD (what ``method.batched=true`` needs)."""
         return frozenset(
             {"labels"}

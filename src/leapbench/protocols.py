@@ -42,7 +42,7 @@ class LearningProcess(Protocol):
 
     @property
     def provides(self) -> frozenset[str]:
-        """Capabilities a method may require (``runner.NEEDS``): labels, fixed_length, plain_sgd."""
+        """Capabilities a method may require (``checks.NEEDS``): labels, fixed_length, plain_sgd."""
 
     @property
     def cpu_only(self) -> bool:

@@ -113,7 +113,7 @@ class RunsFolderCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if not isinstance(config.paths.runs, str):
-            return  # not a path at all: the schema refuses it (runner.validate)
+            return  # not a path at all: the schema refuses it (checks.validate)
         runs = Path(config.paths.runs).absolute()
         try:
             folder = next(p for p in (runs, *runs.parents) if p.exists())

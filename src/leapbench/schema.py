@@ -6,7 +6,7 @@ its own; a target this module does not know is left to its constructor. :func:`c
 composed config and raises one :class:`ConfigError` for the first key whose value does not fit: it names the
 key, the value and what is allowed, and for a misspelt key the closest names. Booleans take only ``true`` or
 ``false``, closed sets are ``Literal`` choices, integers refuse fractions and strings. Ranges and rules across
-keys are checked where the objects are built (``runner.validate``), still before anything is written.
+keys are checked where the objects are built (``checks.validate``), still before anything is written.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Run:
     tag: str
     overwrite: bool
     threads: int | None
-    device: str  # cpu, cuda or cuda:N (runner.check_device)
+    device: str  # cpu, cuda or cuda:N (checks.check_device)
     batched: bool  # the default of method.batched, val.batched and eval.batched (the groups' own keys decide)
     progress: bool
     paths: Paths

@@ -15,7 +15,7 @@ from ..rl.atari import MAX_ACTIONS, action_counts, check_game
 class AtariGames:
     """Pretraining and evaluation games; ``heads`` maps every game to its number of (minimal) actions."""
 
-    provides: frozenset[str] = frozenset()  # every game has its own policy head (runner.NEEDS)
+    provides: frozenset[str] = frozenset()  # every game has its own policy head (checks.NEEDS)
 
     def __init__(self, pool: list[str], heldout: list[str], test: list[str], pretrain: list[str] | None = None) -> None:
         if not test:

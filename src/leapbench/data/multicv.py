@@ -420,7 +420,7 @@ class MultiCV:
     ``small`` preset), ``None`` keeps everything. No augmentation.
     """
 
-    provides: frozenset[str] = frozenset()  # every dataset has its own head (runner.NEEDS)
+    provides: frozenset[str] = frozenset()  # every dataset has its own head (checks.NEEDS)
 
     def __init__(
         self,

@@ -205,7 +205,7 @@ class Rotate36(ReferenceAffine):
 class Omniglot:
     """The Omniglot benchmark: lists of pretraining, validation and test tasks (alphabets)."""
 
-    provides = frozenset({"shared_head"})  # 20-way tasks on one output layer (runner.NEEDS)
+    provides = frozenset({"shared_head"})  # 20-way tasks on one output layer (checks.NEEDS)
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ class MetaLearner(ABC):
     """
 
     trains = True
-    requires: frozenset[str] = frozenset()  # what the experiment must offer (runner.NEEDS)
+    requires: frozenset[str] = frozenset()  # what the experiment must offer (checks.NEEDS)
     batched = False  # tasks side by side (methods/batched.py)
     skip_diverging = False  # train.on_divergence=skip: drop a diverging task from its meta-batch (see below)
 

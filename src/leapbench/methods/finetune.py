@@ -39,7 +39,7 @@ class Finetune(MetaLearner):
 
     def setup(self, model: ConvNet, inner: Inner, num_tasks: int) -> None:  # type: ignore[override]
         super().setup(model, inner, num_tasks)
-        self.named_heads = model.named_heads  # a single head (multi_head=false) needs none: runner.validate
+        self.named_heads = model.named_heads  # a single head (multi_head=false) needs none: checks.validate
         self.heads = nn.ModuleList()
         if self.multi_head and not self.named_heads:
             self.heads = nn.ModuleList(_fresh(model.head) for _ in range(num_tasks))

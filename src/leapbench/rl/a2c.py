@@ -321,7 +321,7 @@ class Training:
     points: int = 100
 
     def __post_init__(self) -> None:
-        for key in ("frames", "window", "points"):  # named within the group (eval or val): runner.validate
+        for key in ("frames", "window", "points"):  # named within the group (eval or val): checks.validate
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
 
