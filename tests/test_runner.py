@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAKE, make_cfg
+from conftest import FAKE, ROOT, make_cfg
 
+from leapbench import logging as runlog
 from leapbench import registry
 from leapbench.errors import ConfigError
 from leapbench.runner import run
@@ -129,6 +131,29 @@ def test_wandb_offline_mirror(fake_root, tmp_path, monkeypatch):
     import wandb
 
     assert wandb.run is None  # finished
+
+
+def test_wandb_plots_the_streamed_test_returns_against_frames(tmp_path, monkeypatch):
+    """A long test's progress rows (Atari) reach W&B with the task's frames as their x-axis, defined once."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sync_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = runlog.RunLogger(tmp_path / "run", "progress-test", config={}, wandb=True)
+    with runlog.TestProgress(logger, step=3, show=False) as monitor:
+        for frames, score in ((400, 1.0), (800, None), (1200, 2.5)):
+            monitor("pong", frames, 1200, score)
+            monitor("breakout", frames, 1200, score)
+    logger.close()
+    ((seg,),) = sync_wandb.segments(tmp_path).values()
+    metrics = [r.metric for f in seg.glob("run-*.wandb") for r in sync_wandb.records(f) if r.HasField("metric")]
+    axes = {m.name: m.step_metric for m in metrics if m.name.startswith("test_progress/")}
+    assert axes == {f"test_progress/{g}/return": f"test_progress/{g}/frames" for g in ("pong", "breakout")}
+    rows = [r for r in sync_wandb.history(seg) if "test_progress/pong/frames" in r]
+    assert [(int(r["test_progress/pong/frames"]), float(r["test_progress/pong/return"])) for r in rows] == [
+        (400, 1.0),
+        (1200, 2.5),
+    ]
 
 
 def test_wandb_failure_falls_back_to_local(fake_root, tmp_path, monkeypatch):

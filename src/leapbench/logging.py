@@ -85,6 +85,7 @@ class RunLogger:
         self.metrics = open(self.path, "a")
         self.wandb = None
         self.pending: list[tuple[int, dict]] = []  # (row index, row) not yet mirrored to W&B
+        self.streams: set[str] = set()  # test_progress/<task> splits whose W&B x-axis is already their frames
         if wandb:
             self.wandb = self._start_wandb(run_name, config, mode, project, entity, group, job_type, tags)
 
@@ -132,6 +133,10 @@ class RunLogger:
             return
         try:
             for index, row in rows:  # W&B's step is the row's index in metrics.jsonl: resumed runs continue it
+                split = row["split"]
+                if split.startswith("test_progress/") and "frames" in row and split not in self.streams:
+                    self.wandb.define_metric(f"{split}/return", step_metric=f"{split}/frames")  # return vs frames
+                    self.streams.add(split)
                 data: dict[str, Any] = {"meta_step": row["meta_step"]}
                 data |= {
                     f"{row['split']}/{k}": v
