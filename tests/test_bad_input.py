@@ -55,6 +55,10 @@ CATALOGUE = [
     (OMNIGLOT, ["threads=-1"], "threads=-1 must be at least 1"),
     (OMNIGLOT, ["model.filters=0"], "model.filters=0 must be at least 1"),
     (MULTICV, ["model.image_size=3"], "model.image_size=3 is too small for model.layers=4"),
+    (OMNIGLOT, ["data.image_size=8"], "data.image_size=8 is too small for model.layers=4"),  # the key typed
+    (OMNIGLOT, ["data.num_classes=999"], "data.num_classes=999 is more characters than any alphabet has"),
+    (OMNIGLOT, ["data.num_test=40"], "data.num_test=40 + data.num_val=1 leave no alphabets for pretraining"),
+    (MULTICV, ["heldout=null"], "heldout=null is not allowed"),
     (OMNIGLOT, ["train.test_at=[999]"], "train.test_at=[999] holds 999"),
     (OMNIGLOT, ["data.num_pretrain=99"], "data.num_pretrain=99 is out of range"),
     (ATARI, ["inner.gamma=2"], "inner.gamma=2 must be in [0, 1]"),

@@ -44,7 +44,11 @@ def main(cfg: DictConfig) -> None:
     except (LeapError, OmegaConfBaseException) as e:  # a refused config, missing data, a diverged run, a bad write
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        message = str(e) if isinstance(e, LeapError) else f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}"
+        message = (
+            schema.as_set(cfg, str(e))
+            if isinstance(e, LeapError)
+            else f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}"
+        )
         print(f"error: {'[' + ' '.join(overrides) + '] ' if multirun else ''}{message}", file=sys.stderr)
         if multirun:  # the launcher records the job as failed and goes on with the others
             raise JobFailed(f"job [{' '.join(overrides)}] failed: {message}") from None

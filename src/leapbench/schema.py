@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -307,6 +308,25 @@ def check_types(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         raise ConfigError(f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}") from None
     _check_node(container, Run, "")
+
+
+def as_set(cfg: DictConfig, message: str) -> str:
+    """``message`` naming the key the user sets: a refusal of ``model.image_size=0`` names ``data.image_size=0``
+    where the YAML says ``model.image_size: ${data.image_size}`` (interpolations followed to their source)."""
+    match = re.match(r"([\w.]+)=", message)
+    if match is None:
+        return message
+    key, seen = match.group(1), set()
+    while key not in seen:
+        seen.add(key)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        raw = node._get_node(leaf) if isinstance(node, DictConfig) and leaf in node else None
+        source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw._value())) if raw is not None else None
+        if source is None:
+            break
+        key = source.group(1)
+    return key + message[len(match.group(1)) :]
 
 
 def keys_at(container: dict, path: str) -> list[str]:

@@ -234,6 +234,11 @@ class Omniglot:
         folder = locate(root, download)
         listing = list_alphabets(folder)
         eligible = [a for a, chars in listing.items() if len(chars) >= num_classes]
+        most = max(len(chars) for chars in listing.values())
+        if num_classes > most:
+            raise ConfigError(
+                f"data.num_classes={num_classes} is more characters than any alphabet has; choose 2..{most}."
+            )
         if legacy_split:
             pretrain, test, val, chars = _legacy_split(
                 listing, eligible, num_pretrain, num_test, num_classes, split_seed
@@ -291,7 +296,8 @@ def _pick_pretrain(pool: list[str], num_pretrain: int) -> list[str]:
 def _nested_split(listing, eligible, num_pretrain, num_test, num_val, num_classes, split_seed):
     if num_test + num_val >= len(eligible):
         raise ConfigError(
-            f"data.num_test + data.num_val must leave alphabets for pretraining ({len(eligible)} eligible)."
+            f"data.num_test={num_test} + data.num_val={num_val} leave no alphabets for pretraining: "
+            f"{len(eligible)} alphabets have data.num_classes={num_classes} characters or more."
         )
     order = list(eligible)
     random.Random(split_seed).shuffle(order)
