@@ -112,9 +112,10 @@ class RunsFolderCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if not isinstance(config.paths.runs, str):
-            return  # not a path at all: the schema refuses it (checks.validate)
-        runs = Path(config.paths.runs).absolute()
+        value = OmegaConf.select(config, "paths.runs", throw_on_resolution_failure=False)
+        if not isinstance(value, str):
+            return  # not a path at all, or one that does not resolve: the schema refuses it (checks.validate)
+        runs = Path(value).absolute()
         try:
             folder = next(p for p in (runs, *runs.parents) if p.exists())
             if not folder.is_dir():
