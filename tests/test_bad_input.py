@@ -60,6 +60,8 @@ CATALOGUE = [
     (OMNIGLOT, ["data.num_classes=999"], "data.num_classes=999 is more characters than any alphabet has"),
     (OMNIGLOT, ["data.num_test=40"], "data.num_test=40 + data.num_val=1 leave no alphabets for pretraining"),
     (MULTICV, ["heldout=null"], "heldout=null is not allowed"),
+    (OMNIGLOT, ["model._target_=leapbench.models.ConvNett"], "leapbench.models has no ConvNett; did you mean"),
+    (ATARI, ["inner.optimizer._target_=nosuch.Opt"], "inner.optimizer._target_=nosuch.Opt: no module nosuch"),
     (OMNIGLOT, ["train.test_at=[999]"], "train.test_at=[999] holds 999"),
     (OMNIGLOT, ["data.num_pretrain=99"], "data.num_pretrain=99 is out of range"),
     (ATARI, ["inner.gamma=2"], "inner.gamma=2 must be in [0, 1]"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import inspect
 import re
 import types
@@ -307,7 +308,40 @@ def check_types(cfg: DictConfig) -> None:
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}") from None
+    _check_targets(container, "")
     _check_node(container, Run, "")
+
+
+def _check_targets(node: Any, path: str) -> None:
+    """Every ``_target_`` names something importable (a misspelt class gets the closest names in its module)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_targets(item, f"{path}[{i}]")
+    if not isinstance(node, dict):
+        return
+    target = node.get("_target_")
+    if isinstance(target, str):
+        _locate(target, f"{path}._target_" if path else "_target_")
+    for key, value in node.items():
+        _check_targets(value, f"{path}.{key}" if path else str(key))
+
+
+def _locate(target: str, where: str) -> None:
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):  # the longest prefix that imports, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    else:
+        raise ConfigError(f"{where}={target}: no module {parts[0]} is installed; give an importable class.")
+    for j, name in enumerate(parts[i:], start=i):
+        if not hasattr(obj, name):
+            close = difflib.get_close_matches(name, [n for n in dir(obj) if not n.startswith("_")], n=3)
+            hint = f"; did you mean {' or '.join('.'.join([*parts[:j], c]) for c in close)}?" if close else "."
+            raise ConfigError(f"{where}={target}: {'.'.join(parts[:j])} has no {name}{hint}")
+        obj = getattr(obj, name)
 
 
 def as_set(cfg: DictConfig, message: str) -> str:
