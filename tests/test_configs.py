@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -242,3 +243,18 @@ def test_meta_optimizer_is_any_torch_optimizer(fake_root, tmp_path):
     learner.setup(build(cfg.model), inner, 2)
     assert type(learner.meta_opt).__name__ == "Adam"
     assert run(cfg)["status"] == "finished"
+
+
+def test_targets_are_located_before_anything_is_built(tmp_path, monkeypatch):
+    """A class that is not there gets the closest names; a module whose own import fails is named with its cause."""
+    (tmp_path / "brokmod.py").write_text("import not_a_real_dependency\n\nclass X: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [
+        ("leapbench.models.ConvNett", "leapbench.models has no ConvNett; did you mean leapbench.models.ConvNet?"),
+        ("nosuch.Opt", "no module nosuch is installed"),
+        ("brokmod.X", "importing brokmod.X failed (No module named 'not_a_real_dependency')"),
+    ]
+    for target, message in cases:
+        cfg = make_cfg("scale=smoke", f"model._target_={target}", tmp_path=tmp_path)
+        with pytest.raises(ConfigError, match=re.escape(f"model._target_={target}: {message}")):
+            validate(cfg)

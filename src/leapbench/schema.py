@@ -329,11 +329,13 @@ def _check_targets(node: Any, path: str) -> None:
 def _locate(target: str, where: str) -> None:
     parts = target.split(".")
     for i in range(len(parts), 0, -1):  # the longest prefix that imports, then attributes
+        module = ".".join(parts[:i])
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
+            obj = importlib.import_module(module)
             break
-        except ImportError:
-            continue
+        except ModuleNotFoundError as e:
+            if e.name is None or not f"{module}.".startswith(f"{e.name}."):  # it is there; one of its imports is not
+                raise ConfigError(f"{where}={target}: importing {module} failed ({e}).") from None
     else:
         raise ConfigError(f"{where}={target}: no module {parts[0]} is installed; give an importable class.")
     for j, name in enumerate(parts[i:], start=i):
