@@ -60,6 +60,12 @@ CATALOGUE = [
     (OMNIGLOT, ["data.num_classes=999"], "data.num_classes=999 is more characters than any alphabet has"),
     (OMNIGLOT, ["data.num_test=40"], "data.num_test=40 + data.num_val=1 leave no alphabets for pretraining"),
     (MULTICV, ["heldout=null"], "heldout=null is not allowed"),
+    (OMNIGLOT, ["eval.stop_on=val", "eval.val_per_class=99"], "eval.val_per_class=99 must leave a training image"),
+    (
+        OMNIGLOT,
+        ["val.mode=early_stop", "+val.stop_on=val", "+val.val_per_class=99"],
+        "val.val_per_class=99 must leave a training image",
+    ),
     (OMNIGLOT, ["model._target_=leapbench.models.ConvNett"], "leapbench.models has no ConvNett; did you mean"),
     (ATARI, ["inner.optimizer._target_=nosuch.Opt"], "inner.optimizer._target_=nosuch.Opt: no module nosuch"),
     (OMNIGLOT, ["train.test_at=[999]"], "train.test_at=[999] holds 999"),

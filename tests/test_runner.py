@@ -54,6 +54,18 @@ def test_smoke_every_method_real_omniglot(method, shared_cache, tmp_path):
     assert summary["num_pretrain"] == 3 and len(summary["test"]["tasks"]) == 10
 
 
+def test_a_summary_that_is_not_json_is_refused_untouched(fake_root, tmp_path):
+    cfg = make_cfg("method=scratch", "scale=smoke", *FAKE, tmp_path=tmp_path, data_root=fake_root)
+    summary = Path(cfg.run_dir) / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text('{"status": "finished", ')  # cut off by hand or by a full disk
+    with pytest.raises(ConfigError, match="summary.json is not valid JSON .*overwrite=true"):
+        run(cfg)
+    assert summary.read_text() == '{"status": "finished", ' and [p.name for p in summary.parent.iterdir()] == [
+        "summary.json"
+    ]
+
+
 def test_finished_run_is_skipped_not_overwritten(fake_root, tmp_path):
     cfg = make_cfg("method=reptile", "scale=smoke", *FAKE, tmp_path=tmp_path, data_root=fake_root)
     first = run(cfg)

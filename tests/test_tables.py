@@ -81,10 +81,11 @@ def test_cells_and_pairs_from_runs_csv(results):
     base = results / "omniglot" / "smoke"
     for seed, (leap, scratch) in enumerate([(10.0, 14.0), (12.0, 13.0), (11.0, 15.0)]):
         fake_run(base, "leap", 1, seed, leap, 50.0 + seed)
-        fake_run(base, "scratch", 1, seed, scratch, 60.0)
+        command = f"leapbench eval.patience=7 seed={seed}"  # the console command: one word before the overrides
+        fake_run(base, "scratch", 1, seed, scratch, 60.0, command=command)
     script("scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results))
     runs = pd.read_csv(base / "runs.csv")
-    assert len(runs) == 6 and list(runs.columns[:9]) == tables.RUN_COLUMNS
+    assert len(runs) == 6 and list(runs.columns[:9]) == tables.RUN_COLUMNS and "eval.patience" in runs.columns
     assert set(runs["label"]) == {"Leap", "No pretraining"} and "train.meta_steps" in runs.columns
     cells = pd.read_csv(base / "table1.csv").set_index("method")
     assert cells.loc["leap", "test_error_mean"] == pytest.approx(11.0) and cells.loc["leap", "n_seeds"] == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import cast
+from typing import Any, cast
 
 import torch
 from hydra.errors import InstantiationException
@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import schema
 from .errors import ConfigError, LeapError
+from .evaluation import Adaptation, check_val_per_class
+from .lockstep import check_stackable
 from .loop import test_schedule
 from .protocols import Benchmark
 from .rundir import PRESENTATION_KEYS
@@ -117,9 +119,10 @@ def validate(cfg: DictConfig) -> tuple:
     return inner, learner, val_adapt, test_adapt
 
 
-def check_data(cfg: DictConfig, data: Benchmark) -> None:
+def check_data(cfg: DictConfig, data: Benchmark, learner: Any, adaptations: dict[str, Any]) -> None:
     """The checks that need the tasks: something to test, batches the training sets can fill, labels the model
-    can output. Still before anything is written."""
+    can output, validation images to take, tasks that stack side by side. Still before anything is written.
+    ``adaptations``: the built ``val`` and ``eval`` adaptations."""
     if not data.test:
         raise ConfigError(f"experiment={cfg.experiment_name} has no test tasks with this config; name at least one.")
     tasks = [t for t in [*data.pretrain, *data.val, *data.test] if isinstance(t, Task)]
@@ -136,6 +139,17 @@ def check_data(cfg: DictConfig, data: Benchmark) -> None:
             f"model.in_channels={channels} but the images have {tasks[0].x_train.shape[1]} channel(s); "
             f"set model.in_channels={tasks[0].x_train.shape[1]}."
         )
+    if learner.batched and [t for t in data.pretrain if isinstance(t, Task)]:
+        check_stackable(data.pretrain, "method.batched")
+    used = {"eval": data.test, "val": data.val if cfg.train.val_every is not None else []}
+    for group, own in ((g, [t for t in ts if isinstance(t, Task)]) for g, ts in used.items()):
+        adapt = adaptations[group]
+        if own and adapt.batched:
+            check_stackable(own, f"{group}.batched")
+        if isinstance(adapt, Adaptation) and adapt.mode == "early_stop" and adapt.stop_on == "val":
+            for t in own:
+                if t.x_val is None:  # its validation images come from its training images
+                    check_val_per_class(t, adapt.val_per_class, f"{group}.val_per_class")
     outputs = cfg.model.get("num_classes")
     labels = max((int(t.y_train.max()) + 1 for t in tasks if t.head is None and len(t.y_train)), default=0)
     if outputs is not None and labels > outputs:
@@ -155,7 +169,7 @@ def build_adaptation(cfg: DictConfig, group: str):
     try:
         return build(cfg[group])
     except ConfigError as e:
-        raise ConfigError(f"{group}.{e}") from None
+        raise ConfigError(f"{group}.{e}" if re.match(r"\w+=", str(e)) else str(e)) from None
 
 
 def check_device(name: str) -> int | None:

@@ -163,14 +163,20 @@ def adapt(model: nn.Module, task: Task, inner: Inner, adaptation: Adaptation, ge
     }
 
 
+def check_val_per_class(task: Task, per_class: int, key: str = "val_per_class") -> None:
+    """Refuse a ``val_per_class`` that would leave a class of ``task`` without training images."""
+    counts = torch.bincount(task.y_train)
+    fewest = int(counts[counts > 0].min())
+    if fewest <= per_class:
+        raise ConfigError(
+            f"{key}={per_class} must leave a training image in every class, but task {task.name} has only "
+            f"{fewest} in some class; choose 1..{fewest - 1}."
+        )
+
+
 def with_validation(task: Task, per_class: int) -> Task:
     """``task`` with the last ``per_class`` training images of every class moved to its validation set."""
-    counts = torch.bincount(task.y_train)
-    if int(counts[counts > 0].min()) <= per_class:
-        raise ConfigError(
-            f"Task {task.name} has only {int(counts[counts > 0].min())} training images in some class; "
-            f"eval.val_per_class={per_class} must leave at least one for training."
-        )
+    check_val_per_class(task, per_class)
     val = torch.zeros(len(task.y_train), dtype=torch.bool, device=task.y_train.device)
     for c in torch.unique(task.y_train):
         val[torch.nonzero(task.y_train == c).flatten()[-per_class:]] = True

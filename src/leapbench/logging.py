@@ -81,7 +81,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self.rows = sum(1 for _ in self.path.open()) if self.path.exists() else 0
+        self.rows = len(self.path.read_bytes().splitlines()) if self.path.exists() else 0
         self.metrics = open(self.path, "a")
         self.wandb = None
         self.pending: list[tuple[int, dict]] = []  # (row index, row) not yet mirrored to W&B

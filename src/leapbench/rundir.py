@@ -89,7 +89,12 @@ def finished_run(cfg: DictConfig, refuse: bool = True) -> dict | None:
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     if cfg.overwrite or not summary_path.exists():
         return None
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{summary_path} is not valid JSON ({e}); move it away, or set overwrite=true to run again."
+        ) from None
     if summary.get("status") != "finished":
         return None  # crashed or interrupted: run again
     old = cast(dict, OmegaConf.to_container(OmegaConf.load(config_path))) if config_path.exists() else None

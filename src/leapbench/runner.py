@@ -60,7 +60,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     data.to(device)  # images live on the run's device (a no-op on the CPU)
     seconds = {"data": round(time.perf_counter() - start, 3)}
     learner.skip_diverging = cfg.train.on_divergence == "skip"
-    check_data(cfg, data)
+    check_data(cfg, data, learner, {"val": val_adapt, "eval": test_adapt})
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
         model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads

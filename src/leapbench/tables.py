@@ -127,7 +127,7 @@ def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.Met
         "command": s.get("command"),
         "run": folder.relative_to(base).as_posix(),
     }
-    overridden = [w.split("=", 1)[0].lstrip("+") for w in s.get("command", "").split()[2:] if "=" in w]
+    overridden = [w.split("=", 1)[0].lstrip("+") for w in s.get("command", "").split() if "=" in w]  # any program
     keys = list(spec.varied) + [
         k for k in overridden if k not in spec.varied and "." in k and not k.startswith("paths")
     ]

@@ -441,7 +441,7 @@ class MultiCV:
         if unknown:
             raise ConfigError(f"Unknown Multi-CV dataset {unknown[0]!r}; valid names: {', '.join(DATASETS)}")
         if heldout not in datasets:
-            raise ConfigError(f"heldout={heldout} is not among data.datasets ({', '.join(datasets)}).")
+            raise ConfigError(f"data.heldout={heldout} is not among data.datasets ({', '.join(datasets)}).")
         if len(set(datasets)) != len(datasets) or len(datasets) < 2:
             raise ConfigError(f"data.datasets={datasets} must name at least two distinct datasets.")
         if not 0 < val_fraction < 1:
