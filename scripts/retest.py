@@ -21,12 +21,13 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
+from leapbench.checks import build  # noqa: E402
 from leapbench.errors import LeapError  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
+from leapbench.loop import eval_seeds  # noqa: E402
 from leapbench.provenance import commit  # noqa: E402
 from leapbench.results import format_interval  # noqa: E402
 from leapbench.rundir import upgrade  # noqa: E402
-from leapbench.runner import build, eval_seeds  # noqa: E402
 
 
 def retest(run_dir: Path, overrides: list[str]) -> dict:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg, notebook_outputs, script
 
+from leapbench.checks import build, method_node
 from leapbench.data.atari import AtariGames
 from leapbench.errors import ConfigError
 from leapbench.methods.base import task_seeds
@@ -19,7 +20,7 @@ from leapbench.methods.flat import flat_grads, flat_params
 from leapbench.methods.leap import Leap
 from leapbench.rl.a2c import A2C, ActorCritic, Game
 from leapbench.rl.atari import action_counts
-from leapbench.runner import build, method_node, run
+from leapbench.runner import run
 
 METHODS = ["leap", "reptile", "scratch"]
 SMOKE = ("experiment=atari", "scale=smoke")

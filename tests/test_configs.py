@@ -13,9 +13,10 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from leapbench import registry
+from leapbench.checks import build, method_node, validate
 from leapbench.errors import ConfigError
 from leapbench.methods.base import MetaLearner
-from leapbench.runner import build, method_node, run, validate
+from leapbench.runner import run
 
 EXPERIMENTS = ["omniglot"]
 METHODS = list(registry.methods())  # every config in conf/method/

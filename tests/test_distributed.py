@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import FAKE, ROOT, make_cfg
 
-from leapbench.runner import build
+from leapbench.checks import build
 
 # No early stopping: init.pt is the last meta-step's initialization.
 ARGS = ["scale=smoke", *FAKE, "train.early_stopping=false", "inner.steps=8", "progress=false", "threads=1"]

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from leapbench.checks import build, method_node
 from leapbench.methods.fomaml import FOMAML
 from leapbench.methods.leap import Leap, increment
 from leapbench.methods.reptile import Reptile
-from leapbench.runner import build, method_node
 
 
 class Scalar(nn.Module):

@@ -11,12 +11,13 @@ import torch
 from conftest import DATA, ROOT, make_cfg, notebook_outputs, script
 from torch import nn
 
+from leapbench.checks import build, method_node
 from leapbench.data.multicv import MultiCV
 from leapbench.errors import ConfigError, DataError
 from leapbench.evaluation import Adaptation, adapt, auc, thin
 from leapbench.inner import Inner
 from leapbench.models import MultiHeadConvNet
-from leapbench.runner import build, method_node, run
+from leapbench.runner import run
 from leapbench.tasks import Task
 
 METHODS = ["leap", "finetune", "scratch"]

@@ -44,11 +44,7 @@ def main(cfg: DictConfig) -> None:
     except (LeapError, OmegaConfBaseException) as e:  # a refused config, missing data, a diverged run, a bad write
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        message = (
-            schema.as_set(cfg, str(e))
-            if isinstance(e, LeapError)
-            else f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}"
-        )
+        message = schema.as_set(cfg, str(e)) if isinstance(e, LeapError) else schema.omegaconf_message(e)
         print(f"error: {'[' + ' '.join(overrides) + '] ' if multirun else ''}{message}", file=sys.stderr)
         if multirun:  # the launcher records the job as failed and goes on with the others
             raise JobFailed(f"job [{' '.join(overrides)}] failed: {message}") from None
@@ -159,13 +155,7 @@ def explain(override: str, base: DictConfig, error: Exception) -> str:
     if name in known:  # a key the schema knows that this config's YAML leaves out
         return f"{key}: not set in this config; write +{override} to set it."
     siblings = sorted(set(known) | {k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent})
-    close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
-    hint = (
-        f"did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?"
-        if close
-        else f"{parent or 'the top level'} has {', '.join(siblings)}."
-    )
-    return f"{key}: no such key; {hint}"
+    return schema.no_such_key(parent, name, siblings)
 
 
 def dotted_keys(node, prefix: str = ""):

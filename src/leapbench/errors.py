@@ -1,4 +1,4 @@
-"""Errors that carry a message for the user; ``run.py`` prints them and exits non-zero."""
+"""Errors that carry a message for the user; ``cli.main`` prints them and exits non-zero."""
 
 
 class LeapError(Exception):

@@ -140,7 +140,6 @@ class Inner:
         steps: int | None = None,
         hook: StepHook | None = None,
         after_step: Callable[[int], bool] | None = None,
-        forward: Forward = default_forward,
         zero_grad: ZeroGrad | None = None,
     ) -> list[float]:
         """Train ``model`` in place; return the per-step training error (0-1) on each batch before its update.
@@ -152,9 +151,7 @@ class Inner:
         if steps is None and after_step is None and self.patience is not None:
             after_step = self._early_stop(model, task)
         errors: list[float] = []
-        for i, err in enumerate(
-            self.updates(model, task, generator, steps=steps, hook=hook, forward=forward, zero_grad=zero_grad)
-        ):
+        for i, err in enumerate(self.updates(model, task, generator, steps=steps, hook=hook, zero_grad=zero_grad)):
             errors.append(err)
             if after_step is not None and after_step(i):
                 break
@@ -168,7 +165,6 @@ class Inner:
         *,
         steps: int | None = None,
         hook: StepHook | None = None,
-        forward: Forward = default_forward,
         zero_grad: ZeroGrad | None = None,
     ) -> Iterator[float]:
         """The learning process one update at a time: yields each batch's training error after its update.
@@ -181,7 +177,7 @@ class Inner:
         opt = self.optimizer(model.parameters())
         device = next(model.parameters()).device  # a no-op when the images are on the model's device (runner)
         for i, (x, y) in enumerate(task.batches(steps or self.steps_for(task), self.batch_size, generator)):
-            loss, err = train_step(model, opt, x.to(device), y.to(device), forward, task.name, i, zero_grad)
+            loss, err = train_step(model, opt, x.to(device), y.to(device), default_forward, task.name, i, zero_grad)
             if hook is not None:
                 hook(i, loss, model)
             opt.step()
@@ -238,13 +234,13 @@ def train_step(
 
 
 @torch.no_grad()
-def error_on(model: nn.Module, x: Tensor, y: Tensor, forward: Forward = default_forward, chunk: int = 1000) -> float:
+def error_on(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> float:
     """Classification error (0-1) in eval mode, i.e. with BatchNorm running statistics; ``chunk`` images at a time."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     wrong = sum(
-        int((forward(model, x[i : i + chunk].to(device)).argmax(1) != y[i : i + chunk].to(device)).sum())
+        int((model(x[i : i + chunk].to(device)).argmax(1) != y[i : i + chunk].to(device)).sum())
         for i in range(0, len(y), chunk)
     )
     model.train(was_training)

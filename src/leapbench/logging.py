@@ -2,8 +2,8 @@
 
 Files in the run directory:
 
-* ``metrics.jsonl``: one JSON object per row, ``{"meta_step", "split", ...}`` (``split`` is ``train``, ``val``
-  or ``test``; evaluation rows carry their mean error curve);
+* ``metrics.jsonl``: one JSON object per row, ``{"meta_step", "split", ...}`` (``split`` is ``train``, ``val``,
+  ``test_at``, ``test`` or ``test_progress/<task>``; evaluation rows carry their mean error curve);
 * ``summary.json``: the final scores and provenance, written atomically.
 """
 
@@ -58,11 +58,11 @@ class RunLogger:
     """Appends metric rows to ``metrics.jsonl`` and mirrors them to W&B (``wandb=True``).
 
     The W&B run id is derived from the run name, so a rerun of the same run resumes the same W&B run (offline:
-    one more segment under ``wandb/``). Rows reach W&B at ``commit()`` (the runner commits after each checkpoint),
-    their index in metrics.jsonl as W&B's step: rows a crash loses are the rows a resumed run redoes, so the synced
-    history holds every step once, in order. At the end W&B gets the summary, one table of every evaluation
-    curve and the tested initialization (``init.pt``) as a model artifact. If W&B cannot start, logging
-    continues locally with one warning.
+    one more segment under ``wandb/``). Rows reach W&B at ``commit()`` (``loop.MetaTraining`` commits after each
+    checkpoint, a long test after each report), their index in metrics.jsonl as W&B's step: rows a crash loses
+    are the rows a resumed run redoes, so the synced history holds every step once, in order. At the end W&B
+    gets the summary, one table of every evaluation curve and the tested initialization (``init.pt``) as a
+    model artifact. If W&B cannot start, logging continues locally with one warning.
     """
 
     def __init__(

@@ -48,7 +48,7 @@ class ConvNet(nn.Module):
         self.features = filters * size * size
         self.head = nn.Linear(self.features, num_classes)
         self.channels_last = channels_last
-        if channels_last:  # ~1.3x faster on the project's CPUs (docs/platform-notes)
+        if channels_last:  # faster on the project's CPUs (docs/performance.md)
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:

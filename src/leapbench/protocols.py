@@ -1,6 +1,6 @@
-"""The suite's contracts, in one leaf module (it imports nothing of the suite but ``Task``).
+"""The suite's contracts, in one leaf module (it imports nothing of the suite).
 
-Three parties meet here:
+Four parties meet here:
 
 * a **learning process** (``inner.Inner`` for supervised tasks, ``rl.a2c.A2C`` for games) trains a model on
   one task and declares what it is: plain SGD or not, CPU only or not, a fixed or variable number of updates,
@@ -46,7 +46,7 @@ class LearningProcess(Protocol):
 
     @property
     def cpu_only(self) -> bool:
-        """The runner refuses device=cuda."""
+        """``checks.validate`` refuses device=cuda."""
 
     @property
     def fixed_steps(self) -> int | None:

@@ -18,16 +18,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, distributed
-from .checks import build, check_data, check_device, method_node, validate
+from .checks import build, check_data, check_device, validate
 from .errors import ConfigError, WriteError
 from .evaluation import evaluate
 from .logging import NullLogger, TestProgress, write_json
-from .loop import MetaTraining, eval_seeds, where
+from .loop import MetaTraining, where
 from .methods.base import InitializationLearner
 from .provenance import provenance
 from .rundir import finished_run, result_config, run_lock, start_run_dir
 
-__all__ = ["build", "eval_seeds", "method_node", "run", "validate"]
+__all__ = ["run"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,7 +151,7 @@ def _test(cfg: DictConfig, loop: MetaTraining, logger: Any) -> dict:
         checkpoint.save(Path(cfg.run_dir), init.state_dict(), name="init.pt")  # the tested initialization
     with where("Test evaluation"), TestProgress(logger, step, cfg.progress and main) as monitor:
         test = evaluate(init, loop.data.test, loop.inner, loop.test_adapt, loop.test_seed, monitor)
-    scores = loop.test_adapt.scores  # Omniglot, Multi-CV: error, auc, train_error; Atari: returns
+    scores = loop.test_adapt.scores  # error, auc, train_error, oracle_error; Atari: return, mean_return
     logger.log({"meta_step": step, "split": "test", **{k: test[k] for k in scores}, "curve": test["curve"]})
     if main:
         write_json(Path(cfg.run_dir) / "eval_test.json", test)

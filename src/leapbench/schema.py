@@ -307,7 +307,7 @@ def check_types(cfg: DictConfig) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}") from None
+        raise ConfigError(omegaconf_message(e)) from None
     _check_targets(container, "")
     _check_node(container, Run, "")
 
@@ -401,14 +401,24 @@ def _check_node(node: Any, schema: type, path: str) -> None:
     for key, value in node.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
-            hint = (
-                f"did you mean {' or '.join(f'{path}.{c}' if path else c for c in close)}?"
-                if close
-                else f"{path or 'the top level'} has {', '.join(sorted(fields))}."
-            )
-            raise ConfigError(f"{where}: no such key; {hint}")
+            raise ConfigError(no_such_key(path, key, sorted(fields)))
         _check_value(value, fields[key], where)
+
+
+def no_such_key(parent: str, name: str, keys: list[str]) -> str:
+    """``parent.name: no such key; did you mean ...?`` (or the keys ``parent`` has)."""
+    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    hint = (
+        f"did you mean {' or '.join(f'{parent}.{c}' if parent else c for c in close)}?"
+        if close
+        else f"{parent or 'the top level'} has {', '.join(keys)}."
+    )
+    return f"{parent + '.' if parent else ''}{name}: no such key; {hint}"
+
+
+def omegaconf_message(e: OmegaConfBaseException) -> str:
+    """An OmegaConf error in one line, with the key it is about."""
+    return f"{e.full_key or 'config'}: {str(e.msg).splitlines()[0]}"
 
 
 def _check_value(value: Any, kind: Any, where: str) -> None:

@@ -22,6 +22,7 @@ from . import registry
 from .data.multicv import DATASETS
 
 # Columns of runs.csv that every experiment has, in order; a spec's cell key and scores follow.
+COUNTS = ("num_pretrain", "split_seed", "val_best_step", "meta_steps_done")  # integer columns that may have gaps
 RUN_COLUMNS = ["experiment", "scale", "method", "label", "color", "cell", "num_pretrain", "seed", "split_seed"]
 TAIL_COLUMNS = [
     "val_best_step",
@@ -177,7 +178,7 @@ def runs_table(base: Path, spec: Spec, conf_dirs: tuple[Path, ...] = ()) -> pd.D
     if not rows:
         return pd.DataFrame(columns=RUN_COLUMNS + [spec.cell, *spec.scores] + TAIL_COLUMNS)
     df = pd.DataFrame(rows)
-    for c in ("num_pretrain", "split_seed", "val_best_step", "meta_steps_done"):  # counts stay integers beside gaps
+    for c in COUNTS:  # counts stay integers beside gaps
         df[c] = df[c].astype("Int64")
     first = RUN_COLUMNS + ([spec.cell] if spec.cell not in RUN_COLUMNS else []) + list(spec.scores) + TAIL_COLUMNS
     return df[first + [c for c in df.columns if c not in first]].sort_values(
@@ -193,9 +194,7 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def read_runs(path: Path) -> pd.DataFrame:
     """A runs.csv as written (integer columns stay integers where a value is missing)."""
-    return pd.read_csv(
-        path, dtype={c: "Int64" for c in ("num_pretrain", "split_seed", "val_best_step", "meta_steps_done")}
-    )
+    return pd.read_csv(path, dtype=dict.fromkeys(COUNTS, "Int64"))
 
 
 def method_order(df: pd.DataFrame, spec: Spec, root: Path) -> list[str]:

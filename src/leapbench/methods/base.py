@@ -30,8 +30,8 @@ from .sequential import train_in_sequence
 class MetaLearner(ABC):
     """A method: it learns from pretraining tasks and hands evaluation an initialization.
 
-    The runner calls ``setup`` once, ``meta_step`` once per meta-step (unless ``trains`` is False), and
-    ``initialization`` whenever it validates or tests.
+    The runner calls ``setup`` once; ``loop.MetaTraining`` calls ``meta_step`` once per meta-step (unless
+    ``trains`` is False) and ``initialization`` whenever it validates or tests.
     """
 
     trains = True

@@ -23,15 +23,15 @@ def _in_memory_order(t: Tensor, param: Tensor) -> Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1) if is_channels_last(param) else t.reshape(-1)
 
 
-def flat_params(params: list[Tensor], out: Tensor | None = None) -> Tensor:
-    """Parameters as one detached vector (a copy; written into ``out`` when given)."""
-    return torch.cat([_in_memory_order(p.detach(), p) for p in params], out=out)
+def flat_params(params: list[Tensor]) -> Tensor:
+    """Parameters as one detached vector (a copy)."""
+    return torch.cat([_in_memory_order(p.detach(), p) for p in params])
 
 
-def flat_grads(params: list[Tensor], out: Tensor | None = None) -> Tensor:
+def flat_grads(params: list[Tensor]) -> Tensor:
     """Gradients as one vector (a copy), in the order of :func:`flat_params`; a missing gradient counts as zero."""
     parts = [_in_memory_order(p.grad, p) if p.grad is not None else p.new_zeros(p.numel()) for p in params]
-    return torch.cat(parts, out=out)
+    return torch.cat(parts)
 
 
 def grad_views(params: list[Tensor], flat: Tensor) -> list[Tensor]:

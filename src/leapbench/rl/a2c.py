@@ -134,8 +134,9 @@ class A2C:
     score, frames as in the module docstring) and ``frames`` the number of frames played.
     """
 
-    # Declarations (protocols.LearningProcess): observations, returns and the model meet on the CPU (the runner
-    # refuses device=cuda); every task takes ``updates`` updates; no labelled batches; RMSprop, not plain SGD.
+    # Declarations (protocols.LearningProcess): observations, returns and the model meet on the CPU
+    # (checks.validate refuses device=cuda); every task takes ``updates`` updates; no labelled batches;
+    # RMSprop, not plain SGD.
     cpu_only = True
     provides = frozenset({"fixed_length"})
     sgd_lr = None
@@ -307,7 +308,7 @@ def moving_average(episodes: list[tuple[int, float]], window: int, marks: list[i
 class Training:
     """How an initialization is evaluated on a game (Fig. 3): train it with A2C for ``frames`` frames.
 
-    The runner's ``evaluate`` calls ``run`` per test game. Per game it reports ``return``, the mean unclipped
+    ``evaluation.evaluate`` calls ``run`` per test game. Per game it reports ``return``, the mean unclipped
     score of the last ``window`` episodes (the paper's moving average over 100 episodes, at the end), and
     ``mean_return`` over every episode (higher: faster learning, the analogue of a low AUC); ``episodes``
     lists (frames, score) for Fig. 3 and ``curve`` the moving average at ``points`` evenly spaced frame counts.
