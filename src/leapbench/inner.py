@@ -29,6 +29,9 @@ class DivergenceError(LeapError):
     """A non-finite loss in a task's learning process."""
 
 
+LOWER_LR = "Lower the learning rates (inner.optimizer.lr, method.meta_optimizer.lr) and run again."
+
+
 def default_forward(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 
@@ -221,10 +224,7 @@ def train_step(
     loss = F.cross_entropy(logits, y)
     value = loss.item()
     if not math.isfinite(value):
-        raise DivergenceError(
-            f"Non-finite loss ({value}) on task {task!r} at inner step {step}. Lower the learning rates "
-            "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
-        )
+        raise DivergenceError(f"Non-finite loss ({value}) on task {task!r} at inner step {step}. {LOWER_LR}")
     if zero_grad is None:
         opt.zero_grad(set_to_none=True)
     else:

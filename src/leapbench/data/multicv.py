@@ -92,10 +92,14 @@ class Arrays:
     num_classes: int
 
 
-def load_arrays(name: str, root: str | os.PathLike, download: bool = False) -> Arrays:
-    """Read one Multi-CV dataset from ``root`` (see the module docstring for layouts and splits)."""
+def check_known(name: str) -> None:
     if name not in DATASETS:
         raise ConfigError(f"Unknown Multi-CV dataset {name!r}; valid names: {', '.join(DATASETS)}")
+
+
+def load_arrays(name: str, root: str | os.PathLike, download: bool = False) -> Arrays:
+    """Read one Multi-CV dataset from ``root`` (see the module docstring for layouts and splits)."""
+    check_known(name)
     root = Path(os.path.expanduser(str(root)))
     xtr, ytr, xte, yte = _LOADERS[name](name, root, download)
     if name == "facescrub":
@@ -114,8 +118,7 @@ def load_arrays(name: str, root: str | os.PathLike, download: bool = False) -> A
 
 def normalize(arrays_x: np.ndarray, name: str) -> torch.Tensor:
     """uint8 (N, 32, 32, C) -> float32 (N, 3, 32, 32) with ``NORM[name]``; 1-channel images are repeated to 3."""
-    if name not in NORM:
-        raise ConfigError(f"Unknown Multi-CV dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    check_known(name)
     mean, std = NORM[name]
     if arrays_x.ndim != 4 or arrays_x.shape[-1] != len(mean) or arrays_x.dtype != np.uint8:
         raise ValueError(f"{name}: expected uint8 (N, H, W, {len(mean)}), got {arrays_x.dtype} {arrays_x.shape}")
@@ -437,9 +440,8 @@ class MultiCV:
         for key, value in (("max_train", max_train), ("max_test", max_test)):
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key}={value} must be at least 1 (or null: every image).")
-        unknown = [d for d in datasets + [heldout] if d not in DATASETS]
-        if unknown:
-            raise ConfigError(f"Unknown Multi-CV dataset {unknown[0]!r}; valid names: {', '.join(DATASETS)}")
+        for name in datasets + [heldout]:
+            check_known(name)
         if heldout not in datasets:
             raise ConfigError(f"data.heldout={heldout} is not among data.datasets ({', '.join(datasets)}).")
         if len(set(datasets)) != len(datasets) or len(datasets) < 2:

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.func import replace_all_batch_norm_modules_
 
 from ..errors import ConfigError
-from ..inner import DivergenceError
+from ..inner import LOWER_LR, DivergenceError
 from ..lockstep import Lockstep, check_stackable, functional_model, sgd_step, stack
 from ..protocols import TaskLearner
 from ..tasks import Task
@@ -93,10 +93,7 @@ def train_in_lockstep(
     run_steps(step, steps, graphs)
     if not bool(finite.all()):
         names = ", ".join(t.name for t, ok in zip(tasks, finite.tolist()) if not ok)
-        raise DivergenceError(
-            f"Non-finite loss on task(s) {names} within their {steps} inner steps. Lower the learning rates "
-            "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
-        )
+        raise DivergenceError(f"Non-finite loss on task(s) {names} within their {steps} inner steps. {LOWER_LR}")
     stats[:4] += torch.tensor([float(loss_sum), n * steps, float(error_sum), n * steps], dtype=torch.float64)
     return learner.end_rows(state, flat(params))
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError
-from ..inner import DivergenceError, check_optimizer
+from ..inner import LOWER_LR, DivergenceError, check_optimizer
 from ..protocols import StepHook, ZeroGrad
 from .atari import ENV_SETTINGS, check_game, make_env, to_tensor
 
@@ -229,10 +229,7 @@ class A2C:
                 loss, obs = self._unroll_loss(model, env, obs, sampler, scores)
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise DivergenceError(
-                        f"Non-finite loss ({value}) on game {task.name!r} at update {i}. Lower the learning rates "
-                        "(inner.optimizer.lr, method.meta_optimizer.lr) and run again."
-                    )
+                    raise DivergenceError(f"Non-finite loss ({value}) on game {task.name!r} at update {i}. {LOWER_LR}")
                 if zero_grad is None:
                     opt.zero_grad(set_to_none=True)
                 else:
