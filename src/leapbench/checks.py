@@ -139,8 +139,9 @@ def check_data(cfg: DictConfig, data: Benchmark, learner: Any, adaptations: dict
             f"model.in_channels={channels} but the images have {tasks[0].x_train.shape[1]} channel(s); "
             f"set model.in_channels={tasks[0].x_train.shape[1]}."
         )
-    if learner.batched and [t for t in data.pretrain if isinstance(t, Task)]:
-        check_stackable(data.pretrain, "method.batched")
+    pretrain = [t for t in data.pretrain if isinstance(t, Task)]
+    if learner.batched and pretrain:
+        check_stackable(pretrain, "method.batched")
     used = {"eval": data.test, "val": data.val if cfg.train.val_every is not None else []}
     for group, own in ((g, [t for t in ts if isinstance(t, Task)]) for g, ts in used.items()):
         adapt = adaptations[group]

@@ -81,7 +81,10 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self.rows = len(self.path.read_bytes().splitlines()) if self.path.exists() else 0
+        self.rows = 0
+        if self.path.exists():
+            with self.path.open() as f:
+                self.rows = sum(1 for _ in f)
         self.metrics = open(self.path, "a")
         self.wandb = None
         self.pending: list[tuple[int, dict]] = []  # (row index, row) not yet mirrored to W&B

@@ -19,7 +19,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, cast
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -357,8 +357,10 @@ def as_set(cfg: DictConfig, message: str) -> str:
         seen.add(key)
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-        raw = node._get_node(leaf) if isinstance(node, DictConfig) and leaf in node else None
-        source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw._value())) if raw is not None else None
+        raw = (
+            cast(dict, OmegaConf.to_container(node, resolve=False)).get(leaf) if isinstance(node, DictConfig) else None
+        )
+        source = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
         if source is None:
             break
         key = source.group(1)
