@@ -6,14 +6,15 @@
 A budget is the number of task trainings (meta-steps x tasks per meta-step) the tested initialization has seen:
 each run is tested at ``train.test_at`` and at its end. Writes results/omniglot/budget/{budget.csv, budget.md,
 budget.png, budget.pdf}. ``--collect`` copies each finished run's summary, config and curves to budget/runs/ and
-rebuilds budget.csv from everything there.
+rebuilds budget.csv from everything there. A tagged run (``tag=-<name>``: a changed hyperparameter, e.g. the authors'
+code's meta learning rate) is an arm of its own: method ``<method>-<name>``, label ``<label> [<name>]``, its own
+column, paired with Leap by seed like every other.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ SPEC = tables.Spec(
 )
 FIELDS = [
     "method",
+    "tag",
     "label",
     "color",
     "num_pretrain",
@@ -60,11 +62,11 @@ FIELDS = [
 
 
 def collect(runs: Path, out: Path = OUT, row: int = ROW) -> int:
-    """Export the finished, untagged budget runs at ``row`` pretraining tasks to ``out/runs``; return how many."""
+    """Export the finished budget runs at ``row`` pretraining tasks (tagged ones too) to ``out/runs``; return how
+    many."""
     done = 0
     for run_dir in sorted(runs.glob(f"omniglot/*/budget/n{row}-s*")):
-        if re.fullmatch(rf"n{row}-s\d+", run_dir.name):  # a tagged run (changed hyperparameters) is not the study
-            done += export_run(run_dir, out / "runs" / f"{run_dir.parents[1].name}-{run_dir.name}") is not None
+        done += export_run(run_dir, out / "runs" / f"{run_dir.parents[1].name}-{run_dir.name}") is not None
     return done
 
 
@@ -73,7 +75,9 @@ def table_rows(exported: Path) -> list[dict]:
     rows, known = [], registry.methods()
     for folder in sorted(p.parent for p in exported.glob("*/summary.json")):
         summary = json.loads((folder / "summary.json").read_text())
-        batch = OmegaConf.load(folder / "config.yaml").train.meta_batch_size
+        cfg = OmegaConf.load(folder / "config.yaml")
+        batch, tag = cfg.train.meta_batch_size, str(cfg.get("tag") or "")
+        base = registry.info(summary["method"], known)
         final = {
             "meta_step": summary["meta_steps_done"],
             "budget": summary["meta_steps_done"] * batch,
@@ -84,9 +88,10 @@ def table_rows(exported: Path) -> list[dict]:
         for t in tested + ([final] if final["meta_step"] not in {x["meta_step"] for x in tested} else []):
             rows.append(
                 {
-                    "method": summary["method"],
-                    "label": (m := registry.info(summary["method"], known)).label,
-                    "color": m.color,
+                    "method": summary["method"] + tag,
+                    "tag": tag,
+                    "label": base.label + (f" [{tag.strip('-_')}]" if tag else ""),
+                    "color": base.color,
                     "num_pretrain": summary["num_pretrain"],
                     "budget": t["budget"],
                     "meta_step": t["meta_step"],
@@ -105,7 +110,10 @@ def table_rows(exported: Path) -> list[dict]:
 
 
 def read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)
+    """budget.csv as written (an untagged run's empty ``tag`` stays an empty string)."""
+    df = pd.read_csv(path, dtype={"tag": str})
+    df["tag"] = df["tag"].fillna("") if "tag" in df else ""
+    return df
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -114,9 +122,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def by_budget(df: pd.DataFrame) -> pd.DataFrame:
     """No pretraining has no budget (0): it stands beside every budget, so that the others pair with it."""
-    budgets = sorted(set(df.loc[df["method"] != "scratch", "budget"]))
-    scratch = df[df["method"] == "scratch"]
-    return pd.concat([df[df["method"] != "scratch"]] + [scratch.assign(budget=b) for b in budgets], ignore_index=True)
+    none = df["budget"] == 0
+    budgets = sorted(set(df.loc[~none, "budget"]))
+    return pd.concat([df[~none]] + [df[none].assign(budget=b) for b in budgets], ignore_index=True)
 
 
 def paper_row(row: int = ROW) -> dict[str, float]:
@@ -133,7 +141,7 @@ def trend(values: dict[int, float]) -> tuple[float, float]:
 
 def table_row(df: pd.DataFrame) -> int:
     """The one Table 1 row (number of pretraining tasks) the study ran at."""
-    found = set(df.loc[df["method"] != "scratch", "num_pretrain"]) or set(df["num_pretrain"])
+    found = set(df.loc[df["budget"] > 0, "num_pretrain"]) or set(df["num_pretrain"])
     if len(found) != 1:
         sys.exit(f"budget.csv mixes rows of Table 1 ({sorted(found)}); keep one number of pretraining tasks.")
     return int(found.pop())
@@ -144,7 +152,7 @@ def markdown(rows: pd.DataFrame) -> str:
     df, root = by_budget(rows), ROOT / "results"
     cells, pairs = tables.cell_stats(df, SPEC, root), tables.paired(df, SPEC, root)
     methods = tables.method_order(df, SPEC, root)
-    learners = [m for m in methods if m != "scratch"]
+    learners = [m for m in methods if (rows.loc[rows["method"] == m, "budget"] > 0).any()]
     paper = paper_row(row)
     seeds = sorted(set(rows["seed"]))
     lines = [
@@ -194,7 +202,7 @@ def markdown(rows: pd.DataFrame) -> str:
         if fits:
             lines.append(
                 f"| {label[m]} | {format_interval([f[0] for f in fits])} | {format_interval([f[1] for f in fits])} "
-                f"| {paper.get(m, float('nan')):.1f} |"
+                f"| {f'{paper[m]:.1f}' if m in paper else ''} |"
             )
     commits = sorted(set(rows["commit"]))
     last = rows[rows["budget"] == rows.groupby("method")["budget"].transform("max")]
@@ -224,19 +232,20 @@ def plot(rows: pd.DataFrame, axes) -> None:
     paper = paper_row(row)
     root = ROOT / "results"
     cells = tables.cell_stats(rows, SPEC, root)
+    arms = set(rows.loc[rows["tag"] != "", "method"])  # changed hyperparameters: dashed, in the method's colour
     for ax, metric, ylabel in ((axes[0], "test_error", "test error (%)"), (axes[1], "auc", "AUC of training error")):
         for m in tables.method_order(rows, SPEC, root):
             c = cells[cells["method"] == m].sort_values("budget")
             color, label = c["color"].iloc[0], c["label"].iloc[0]
             b = c["budget"].to_numpy()
             mean, sd = c[f"{metric}_mean"].to_numpy(), np.nan_to_num(c[f"{metric}_std"].to_numpy())
-            if m == "scratch":
+            if (c["budget"] == 0).all():  # no meta-training (no pretraining): one value for every budget
                 ax.axhline(mean[0], color=color, ls="--", lw=1, label=label)
                 ax.axhspan(mean[0] - sd[0], mean[0] + sd[0], color=color, alpha=0.1, lw=0)
                 if metric == "test_error" and m in paper:
                     ax.plot([PAPER_BUDGET], [paper[m]], "*", color=color, ms=11, mec="black", mew=0.5)
                 continue
-            ax.plot(b, mean, "o-", color=color, label=label, ms=4)
+            ax.plot(b, mean, "s--" if m in arms else "o-", color=color, label=label, ms=4)
             ax.fill_between(b, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
             if metric == "test_error" and m in paper:
                 ax.plot([PAPER_BUDGET], [paper[m]], "*", color=color, ms=11, mec="black", mew=0.5)

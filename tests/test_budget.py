@@ -29,7 +29,7 @@ def study(tmp_path_factory, fake_root):
         for seed in (0, 1, 2):
             run(make_cfg(f"method={method}", f"seed={seed}", *BUDGET, tmp_path=tmp, data_root=fake_root))
     out = tmp / "results"
-    run(make_cfg("method=leap", "seed=0", *BUDGET, "tag=-other", tmp_path=tmp, data_root=fake_root))  # not the study
+    run(make_cfg("method=leap", "seed=0", *BUDGET, "tag=-other", tmp_path=tmp, data_root=fake_root))  # an arm
     script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out), "--row", "2")
     return out
 
@@ -49,16 +49,21 @@ def test_one_row_per_method_budget_and_seed(study):
     want = sorted(
         [(m, b, s) for m in ("leap", "reptile") for b in (2, 4, 6) for s in (0, 1, 2)]
         + [("scratch", 0, s) for s in (0, 1, 2)]
+        + [("leap-other", b, 0) for b in (2, 4, 6)]
     )
-    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); the tagged run left out
+    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); the tagged run its own arm
     assert all(r["split_seed"] == r["seed"] and r["commit"] and r["command"].startswith("python run.py") for r in rows)
-    assert len(list((study / "runs").glob("*/summary.json"))) == 9
+    assert {(r["tag"], r["label"]) for r in rows if r["method"] == "leap-other"} == {("-other", "Leap [other]")}
+    assert {r["tag"] for r in rows if r["method"] != "leap-other"} == {""}
+    assert len(list((study / "runs").glob("*/summary.json"))) == 10
 
 
 def test_table_has_paired_differences_and_regenerates_byte_for_byte(study):
     md = (study / "budget.md").read_text()
     assert "| 6 " in md and "## Paired differences" in md and "| paper (20,000) |" in md
     assert "(2 pretraining alphabets)" in md and "| Leap | " in md.split("## Trend")[1]
+    assert "| Leap [other] " in md.split("## Paired")[1].split("\n")[2]  # the arm's own column, paired with Leap
+    assert "| Leap [other] | " in md.split("## Trend")[1] and "[1]" in md  # one seed: its count is marked
     before = {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")}
     script("scripts/budget_study.py", "--out", str(study))  # from the CSV alone, as `make budget` does
     assert {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")} == before
