@@ -3,7 +3,9 @@ key, exit code 2, no traceback, and nothing new under ``paths.runs`` (docs/relia
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +44,28 @@ CATALOGUE = [
     # ranges and rules across keys
     (OMNIGLOT, ["inner.optimizer.lr=-1"], "inner.optimizer.lr=-1 must be a positive finite number"),
     (OMNIGLOT, ["inner.optimizer.lr=inf"], "inner.optimizer.lr=inf must be a positive finite number"),
-    (OMNIGLOT, ["+inner.optimizer.momentum=-1"], "inner.optimizer: Invalid momentum value: -1"),
-    (ATARI, ["inner.optimizer.eps=-1"], "inner.optimizer: Invalid epsilon value: -1"),
+    (OMNIGLOT, ["+inner.optimizer.momentum=-1"], "inner.optimizer.momentum=-1 (Invalid momentum value: -1"),
+    (ATARI, ["inner.optimizer.eps=-1"], "(Invalid epsilon value: -1"),
+    (
+        OMNIGLOT,
+        ["inner.optimizer._target_=torch.optim.Adam", "+inner.optimizer.betas=5"],
+        "torch.optim.adam.Adam refused inner.optimizer.lr=",
+    ),
+    (OMNIGLOT, ["inner.optimizer._target_=torch.optim.LBFGS"], "torch.optim.LBFGS needs a closure in step()"),
+    (
+        MULTICV,
+        ["method.meta_optimizer._target_=torch.optim.lr_scheduler.StepLR"],
+        "method.meta_optimizer._target_=torch.optim.lr_scheduler.StepLR is not a torch.optim.Optimizer",
+    ),
+    (OMNIGLOT, ["train.patience=0"], "train.patience=0 must be at least 1"),
+    (ATARI, ["inner.max_grad_norm=-1"], "inner.max_grad_norm=-1 must be a positive number"),
+    (ATARI, ["inner.value_cost=-1"], "inner.value_cost=-1 must be a finite number >= 0"),
+    (OMNIGLOT, ["data.image_size=2000"], "data.image_size=2000: Omniglot's images are 105x105; choose 1..105"),
+    (OMNIGLOT, ["eval.eval_every=2000"], "eval.eval_every=2000 is more than max_steps"),
+    (ATARI, ["train.val_every=1"], "train.val_every=1 but experiment=atari has no validation tasks"),
+    (OMNIGLOT, ["data.num_val=0"], "train.val_every=2 but experiment=omniglot has no validation tasks"),
+    (ATARI, ["data.pretrain=[]"], "method=leap needs pretraining tasks; name games in data.pretrain"),
+    (MULTICV, ["data.datasets=[mnist,mnist,cifar10]"], "names mnist more than once; list each once"),
     (OMNIGLOT, ["seed=99999999999999999999"], "seed=99999999999999999999 must be in 0..2**32-1"),
     (OMNIGLOT, ["tag=a/b"], "tag=a/b becomes part of the run's folder name"),
     (OMNIGLOT, ["data.num_test=0"], "data.num_test=0 must be at least 1"),
@@ -73,6 +95,12 @@ CATALOGUE = [
     (ATARI, ["inner.gamma=2"], "inner.gamma=2 must be in [0, 1]"),
     (ATARI, ["eval.frames=0"], "eval.frames=0 must be at least 1"),
     (MULTICV, ["data.val_fraction=1.5"], "data.val_fraction=1.5 must lie strictly between 0 and 1"),
+    # groups replaced or removed
+    (OMNIGLOT, ["model=null"], "model=null must be a group of keys"),
+    (OMNIGLOT, ["eval=5"], "eval=5 must be a group of keys"),
+    (OMNIGLOT, ["~model"], "model is missing: the experiment sets it"),
+    (OMNIGLOT, ["model._target_=torch.nn.Linear"], "model._target_=torch.nn.Linear: building it failed (TypeError"),
+    (OMNIGLOT, ["preset=atari_smoke"], "preset=atari_smoke is not a preset of experiment=omniglot"),
     # misspelt keys and options
     (OMNIGLOT, ["train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
     (OMNIGLOT, ["+train.meta_stepz=3"], "train.meta_stepz: no such key; did you mean train.meta_steps"),
@@ -122,23 +150,27 @@ CATALOGUE = [
 ]
 
 
-def cli(experiment: str, *args: str, runs: Path, fake_root: Path) -> subprocess.CompletedProcess:
+def cli(
+    experiment: str, *args: str, runs: Path, fake_root: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
     data = [*FAKE, f"paths.data={fake_root}"] if experiment == OMNIGLOT else [f"paths.data={DATA}"]
     return subprocess.run(
         [
             sys.executable,
             "run.py",
+            *(["-m"] if "-m" in args else []),  # Hydra's flag before the overrides
             experiment,
             "scale=smoke",
             *data,
             f"paths.runs={runs}",
             f"paths.cache={runs.parent / 'cache'}",
             "progress=false",
-            *args,  # last: an input may override the paths too
+            *(a for a in args if a != "-m"),  # last: an input may override the paths too
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env=None if env is None else os.environ | env,
     )
 
 
@@ -239,3 +271,17 @@ def test_help_is_the_suites_own_page():
         "docs/reproduction.md",
     ):
         assert text in out.stdout, text
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")
+def test_a_slurm_sweep_without_slurm_is_refused_before_anything_is_written(fake_root, tmp_path):
+    out = cli(OMNIGLOT, "-m", "launcher=slurm", "seed=0,1", runs=tmp_path / "runs", fake_root=fake_root)
+    refused(out, "launcher=slurm submits jobs through SLURM (sbatch, srun), which this machine does not have")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_world_size_without_torchrun_is_refused(fake_root, tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "0"}
+    out = cli(OMNIGLOT, runs=tmp_path / "runs", fake_root=fake_root, env=env)
+    refused(out, "WORLD_SIZE=2 is set but MASTER_ADDR, MASTER_PORT not: start several processes with torchrun")
+    assert not (tmp_path / "runs").exists()

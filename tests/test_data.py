@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,23 @@ def test_too_many_pretraining_tasks(shared_cache):
 def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="images_background.*LEAP_DATA_DIR"):
         Omniglot(str(tmp_path / "nowhere"), 1, download=False)
+
+
+def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """A download that fails half-way (here: after writing part of an archive) removes what it made, down to the
+    parent folders it had to create; folders that were there stay."""
+    import torchvision.datasets
+
+    def partial(root, background, download):
+        (Path(root) / "omniglot-py").mkdir()
+        (Path(root) / "omniglot-py" / "images_background.zip").write_bytes(b"PK")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", partial)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError, match="downloading it failed .*connection reset"):
+        Omniglot(str(tmp_path / "kept" / "new" / "deeper"), 1, download=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["kept"]
 
 
 def test_corrupt_image_names_the_file(fake_root, tmp_path):

@@ -51,7 +51,11 @@ def build(node: DictConfig, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(f"Cannot build {node.get('_target_', 'config node')}: {e}") from e
+        where, why = node._get_full_key(None) or "config", e.__cause__ or e  # the target's own error, in one line
+        raise ConfigError(
+            f"{where}._target_={node.get('_target_')}: building it failed ({type(why).__name__}: "
+            f"{str(why).splitlines()[0]})."
+        ) from e
 
 
 def check(cfg: DictConfig) -> None:
@@ -74,6 +78,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"train.meta_batch_size={t.meta_batch_size} must be at least 1.")
     if t.val_every is not None and t.val_every < 1:
         raise ConfigError(f"train.val_every={t.val_every} must be at least 1 (or null to never validate).")
+    if t.patience is not None and t.patience < 1:
+        raise ConfigError(f"train.patience={t.patience} must be at least 1 (or null: never stop early).")
     if t.ckpt_every is not None and t.ckpt_every < 1:
         raise ConfigError(f"train.ckpt_every={t.ckpt_every} must be at least 1 (or null for no checkpoints).")
     for s in test_schedule(cfg):
@@ -125,6 +131,11 @@ def check_data(cfg: DictConfig, data: Benchmark, learner: Any, adaptations: dict
     ``adaptations``: the built ``val`` and ``eval`` adaptations."""
     if not data.test:
         raise ConfigError(f"experiment={cfg.experiment_name} has no test tasks with this config; name at least one.")
+    if cfg.train.val_every is not None and not data.val:
+        raise ConfigError(
+            f"train.val_every={cfg.train.val_every} but experiment={cfg.experiment_name} has no validation tasks "
+            "with this config; set train.val_every=null."
+        )
     tasks = [t for t in [*data.pretrain, *data.val, *data.test] if isinstance(t, Task)]
     size = cfg.inner.get("batch_size")
     small = min(tasks, key=lambda t: len(t.y_train), default=None)

@@ -106,7 +106,7 @@ def preflight(args: list[str]) -> None:
     ]  # only a group's options can fail here
     with initialize_config_dir(str(CONF), version_base="1.3"):
         for job in jobs:
-            problem = composition_problem(job)
+            problem = composition_problem(job) or preset_problem(job)
             if problem:
                 fail(problem)
         if (
@@ -134,6 +134,21 @@ def composition_problem(overrides: list[str]) -> str | None:
         except COMPOSE_ERRORS as e:
             return explain(overrides[i], compose("config", overrides=overrides[:i]), e)
     return str(error).strip().splitlines()[0]
+
+
+def preset_problem(overrides: list[str]) -> str | None:
+    """A preset (``<experiment>_<scale>``) named for another experiment than the one composed, else None."""
+    chosen = [o.partition("=")[2] for o in overrides if o.lstrip("+").partition("=")[0] == "preset"]
+    if not chosen or chosen[-1] in ("", "null"):
+        return None
+    experiment = compose("config", overrides=overrides).experiment_name
+    if chosen[-1].startswith(f"{experiment}_"):
+        return None
+    mine = sorted(p.stem for p in (CONF / "preset").glob(f"{experiment}_*.yaml"))
+    return (
+        f"preset={chosen[-1]} is not a preset of experiment={experiment}; choose one of {', '.join(mine)} "
+        "(or scale=<name>, which picks preset <experiment>_<name>)."
+    )
 
 
 def explain(override: str, base: DictConfig, error: Exception) -> str:

@@ -16,12 +16,20 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
 def init(device: torch.device = torch.device("cpu")) -> None:
     """Join the process group when launched by torchrun with more than one process (gloo, or nccl on GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:  # WORLD_SIZE set by hand or left over, not by torchrun
+            raise ConfigError(
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} not: start several "
+                "processes with torchrun (torchrun --nproc_per_node=N run.py ...), or unset WORLD_SIZE."
+            )
         default = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(os.environ.get("LEAP_DIST_BACKEND", default))
 

@@ -86,6 +86,11 @@ class Adaptation:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1.")
         if self.mode == "early_stop" and self.max_steps < self.steps:
             raise ConfigError(f"max_steps={self.max_steps} must be >= steps={self.steps}.")
+        if self.mode == "early_stop" and self.eval_every > self.max_steps:
+            raise ConfigError(
+                f"eval_every={self.eval_every} is more than max_steps={self.max_steps}: early stopping would never "
+                f"check; choose eval_every in 1..{self.max_steps}."
+            )
         if self.batched and self.epochs:
             raise ConfigError(
                 "batched=true counts updates, but this adaptation counts epochs (epochs=true): leave batched=false."

@@ -50,7 +50,10 @@ def check_optimizer(factory: Callable[..., Optimizer], key: str) -> None:
     try:
         factory([torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{key}: {e}.") from None
+        cls = getattr(factory, "func", factory)
+        given = ", ".join(f"{key}.{k}={v}" for k, v in getattr(factory, "keywords", {}).items())
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        raise ConfigError(f"{key}: {name} refused {given or 'its defaults'} ({e}).") from None
 
 
 def plain_sgd_lr(factory: Callable[..., Optimizer]) -> float | None:

@@ -7,6 +7,7 @@ import copy
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,7 +133,16 @@ class RunsFolderCheck(Callback):
             print(f"error: {write_error(runs, e)}", file=sys.stderr)
             sys.exit(2)
 
-    on_multirun_start = on_run_start
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+        if launcher.endswith("SlurmLauncher") and not (shutil.which("srun") and shutil.which("sbatch")):
+            print(
+                "error: launcher=slurm submits jobs through SLURM (sbatch, srun), which this machine does not have; "
+                "sweep from the cluster's login node, or use launcher=joblib or launcher=submitit_local here.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        self.on_run_start(config)
 
 
 @contextmanager

@@ -66,7 +66,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
         learner.setup(model, inner, len(data.pretrain))  # its refusals (method.scope, ...) come before any write
     if learner.trains and not data.pretrain:
-        raise ConfigError(f"method={learner.name} needs pretraining tasks; set data.num_pretrain >= 1.")
+        fix = (
+            "name games in data.pretrain (or null: every game of data.pool not held out)"
+            if "pretrain" in cfg.data
+            else "set data.num_pretrain >= 1"
+        )
+        raise ConfigError(f"method={learner.name} needs pretraining tasks; {fix}.")
     if distributed.world() > 1 and learner.trains and not isinstance(learner, InitializationLearner):
         raise ConfigError(
             f"method={learner.name} trains one model on all tasks at once and has no task-parallel "

@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union, cast
 
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -405,6 +406,29 @@ def _check_node(node: Any, schema: type, path: str) -> None:
         if key not in fields:
             raise ConfigError(no_such_key(path, key, sorted(fields)))
         _check_value(value, fields[key], where)
+    for key in (k for k, kind in fields.items() if kind is Node and k not in node):  # a group removed (~model)
+        raise ConfigError(
+            f"{path + '.' if path else ''}{key} is missing: the experiment sets it; change its keys "
+            f"({key}.<key>=...) rather than removing it."
+        )
+    if schema is Optimizer:
+        _check_optimizer_class(node["_target_"], path)
+
+
+def _check_optimizer_class(target: str, path: str) -> None:
+    """An optimizer is a ``torch.optim.Optimizer`` whose ``step()`` needs no closure (the loops call ``step()``)."""
+    try:
+        cls = get_class(target)
+    except ValueError:  # importable (checked first) but not a class: a function, a module attribute
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"{path}._target_={target} is not a torch.optim.Optimizer; give one, e.g. torch.optim.SGD.")
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            f"{path}._target_={target} needs a closure in step(), which this suite's loops do not pass; "
+            "choose an optimizer without one (torch.optim.SGD, Adam, RMSprop, ...)."
+        )
 
 
 def no_such_key(parent: str, name: str, keys: list[str]) -> str:
@@ -428,7 +452,12 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
     if kind is Any:
         return
     if kind is Node:
-        if not isinstance(value, dict) or value.get("_target_") not in TARGETS:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{where}={_show(value)} must be a group of keys (with a _target_); the experiment sets it: "
+                f"change its keys ({where}.<key>=...) instead."
+            )
+        if value.get("_target_") not in TARGETS:
             return  # a target this suite does not know: its constructor checks its arguments
         return _check_node(value, TARGETS[value["_target_"]], where)
     if origin in UNIONS:  # X | None

@@ -199,7 +199,7 @@ def read_runs(path: Path) -> pd.DataFrame:
 
 def method_order(df: pd.DataFrame, spec: Spec, root: Path) -> list[str]:
     """The reference, then the paper's methods (in its order), then every other method that ran, by name: none is
-    dropped."""
+    dropped. A variant ``<method>-<tag>`` (a tagged run shown as its own arm) comes right after its method."""
     raw = _paper_csv(spec, root)
     if raw is None:
         first = []
@@ -209,7 +209,13 @@ def method_order(df: pd.DataFrame, spec: Spec, root: Path) -> list[str]:
         first = [c for c in raw.columns if c not in (spec.cell, "num_pretrain")]
     if spec.reference in set(df["method"]) and spec.reference not in first:
         first.insert(0, spec.reference)
-    return [m for m in first if m in set(df["method"])] + sorted(set(df["method"]) - set(first))
+    ran = set(df["method"])
+    order = [m for m in first if m in ran] + sorted(ran - set(first))
+    arms = {m for m in ran - set(first) if "-" in m and m.partition("-")[0] in order}
+    out = [m for m in order if m not in arms]
+    for arm in sorted(arms, reverse=True):  # inserted right after the method: variants of one method by name
+        out.insert(out.index(arm.partition("-")[0]) + 1, arm)
+    return out
 
 
 def cell_order(df: pd.DataFrame, spec: Spec) -> list:

@@ -47,6 +47,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..tasks import Task
+from . import undone_on_failure
 
 DATASETS = ("facescrub", "notmnist", "mnist", "fashionmnist", "cifar10", "svhn", "cifar100", "gtsrb")
 NUM_CLASSES = {
@@ -389,8 +390,8 @@ def _facescrub(name: str, root: Path, download: bool):
 
 def _torchvision(name: str, root: Path, fetch) -> None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fetch()
+        with undone_on_failure(root):
+            fetch()
     except Exception as e:  # noqa: BLE001 - any network/IO failure gets the same advice
         raise DataError(
             f"{name} is not under data.root={root} and the torchvision download failed "
@@ -444,7 +445,10 @@ class MultiCV:
             check_known(name)
         if heldout not in datasets:
             raise ConfigError(f"data.heldout={heldout} is not among data.datasets ({', '.join(datasets)}).")
-        if len(set(datasets)) != len(datasets) or len(datasets) < 2:
+        twice = sorted({d for d in datasets if datasets.count(d) > 1})
+        if twice:
+            raise ConfigError(f"data.datasets={datasets} names {', '.join(twice)} more than once; list each once.")
+        if len(datasets) < 2:
             raise ConfigError(f"data.datasets={datasets} must name at least two distinct datasets.")
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1.")

@@ -34,8 +34,10 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ConfigError, DataError, WriteError
 from ..logging import atomic_open
 from ..tasks import Augment, Task
+from . import undone_on_failure
 
 SETS = ("images_background", "images_evaluation")
+NATIVE_SIZE = 105  # every Omniglot image is 105 x 105 pixels
 AUGMENTATIONS = ("reference", "rotate36", "none")
 RESAMPLING = ("reference", "antialias")
 
@@ -67,9 +69,9 @@ def _download(root: Path) -> Path:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for background in (True, False):
-            TVOmniglot(str(root), background=background, download=True)
+        with undone_on_failure(root):
+            for background in (True, False):
+                TVOmniglot(str(root), background=background, download=True)
     except Exception as e:  # noqa: BLE001 - any network/IO failure gets the same advice
         raise DataError(
             f"Omniglot is not under data.root={root} and downloading it failed ({type(e).__name__}: {e}). "
@@ -230,6 +232,11 @@ class Omniglot:
                 raise ConfigError(f"data.{key}={value} must be at least {low}.")
         if num_heldout < 1:
             raise ConfigError(f"data.num_heldout={num_heldout} must be at least 1 (the images each test is scored on).")
+        if not 1 <= image_size <= NATIVE_SIZE:
+            raise ConfigError(
+                f"data.image_size={image_size}: Omniglot's images are {NATIVE_SIZE}x{NATIVE_SIZE}; choose "
+                f"1..{NATIVE_SIZE} (the paper: 28)."
+            )
         augment_fn, augment_heldout = make_augment(augment, image_size)
         folder = locate(root, download)
         listing = list_alphabets(folder)

@@ -169,6 +169,11 @@ class A2C:
             raise ConfigError(f"inner.gamma={gamma} must be in [0, 1].")
         if not reward_clip > 0:
             raise ConfigError(f"inner.reward_clip={reward_clip} must be positive.")
+        for name, cost in (("entropy_cost", entropy_cost), ("value_cost", value_cost)):
+            if not 0 <= cost < math.inf:
+                raise ConfigError(f"inner.{name}={cost} must be a finite number >= 0.")
+        if max_grad_norm is not None and not 0 < max_grad_norm < math.inf:
+            raise ConfigError(f"inner.max_grad_norm={max_grad_norm} must be a positive number (or null: no clipping).")
         self.optimizer, self.updates, self.num_envs, self.unroll = optimizer, updates, num_envs, unroll
         self.gamma, self.entropy_cost, self.value_cost = gamma, entropy_cost, value_cost
         self.reward_clip, self.max_grad_norm, self.env_threads = reward_clip, max_grad_norm, env_threads
