@@ -64,6 +64,8 @@ def test_table_has_paired_differences_and_regenerates_byte_for_byte(study):
     assert "(2 pretraining alphabets)" in md and "| Leap | " in md.split("## Trend")[1]
     assert "| Leap [other] " in md.split("## Paired")[1].split("\n")[2]  # the arm's own column, paired with Leap
     assert "| Leap [other] | " in md.split("## Trend")[1] and "[1]" in md  # one seed: its count is marked
+    header = md.split("## Test error")[1].splitlines()[2]
+    assert [c.strip() for c in header.split("|")[1:4]] == ["budget", "Leap", "Leap [other]"]  # after its method
     before = {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")}
     script("scripts/budget_study.py", "--out", str(study))  # from the CSV alone, as `make budget` does
     assert {p.name: digest(p) for p in (study / "budget.md", study / "budget.png", study / "budget.pdf")} == before
