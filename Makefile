@@ -56,7 +56,7 @@ figures: $(STAMP) ## Fig. 2 (left, right) as PNG and PDF from the committed resu
 budget: $(STAMP) ## The budget study's table and figure from the committed results/omniglot/budget/budget.csv, seconds
 	$(BIN)/python scripts/budget_study.py
 
-reproduce-budget: $(STAMP) ## The budget study (15 runs + 6 at the authors' code's meta lr, about 3.3 h on 2 cores), then export, table and figure
+reproduce-budget: $(STAMP) ## The budget study (15 runs + 6 at the authors' code's meta lr, about 3.5 h on 2 cores), then export, table and figure
 	$(BIN)/python run.py +sweep=omniglot_budget
 	$(BIN)/python run.py +sweep=omniglot_budget method=reptile method.meta_optimizer.lr=0.1 tag=-lr0.1
 	$(BIN)/python run.py +sweep=omniglot_budget method=fomaml method.meta_optimizer.lr=0.5 tag=-lr0.5

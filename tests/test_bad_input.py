@@ -170,7 +170,7 @@ def cli(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=None if env is None else os.environ | env,
+        env=env,
     )
 
 
@@ -281,7 +281,8 @@ def test_a_slurm_sweep_without_slurm_is_refused_before_anything_is_written(fake_
 
 
 def test_world_size_without_torchrun_is_refused(fake_root, tmp_path):
-    env = {"WORLD_SIZE": "2", "RANK": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "LOCAL_RANK"))}
+    env |= {"WORLD_SIZE": "2", "RANK": "0"}
     out = cli(OMNIGLOT, runs=tmp_path / "runs", fake_root=fake_root, env=env)
     refused(out, "WORLD_SIZE=2 is set but MASTER_ADDR, MASTER_PORT not: start several processes with torchrun")
     assert not (tmp_path / "runs").exists()

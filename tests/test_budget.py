@@ -30,7 +30,10 @@ def study(tmp_path_factory, fake_root):
             run(make_cfg(f"method={method}", f"seed={seed}", *BUDGET, tmp_path=tmp, data_root=fake_root))
     out = tmp / "results"
     run(make_cfg("method=leap", "seed=0", *BUDGET, "tag=-other", tmp_path=tmp, data_root=fake_root))  # an arm
-    script("scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out), "--row", "2")
+    run(make_cfg("method=leap", "seed=0", *BUDGET, "tag=-debug", tmp_path=tmp, data_root=fake_root))  # not an arm
+    script(
+        "scripts/budget_study.py", "--collect", str(tmp / "runs"), "--out", str(out), "--row", "2", "--arms", "other"
+    )
     return out
 
 
@@ -51,7 +54,7 @@ def test_one_row_per_method_budget_and_seed(study):
         + [("scratch", 0, s) for s in (0, 1, 2)]
         + [("leap-other", b, 0) for b in (2, 4, 6)]
     )
-    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); the tagged run its own arm
+    assert got == want  # meta-batch 2: budgets 2, 4 (test_at) and 6 (the final test); -other an arm, -debug out
     assert all(r["split_seed"] == r["seed"] and r["commit"] and r["command"].startswith("python run.py") for r in rows)
     assert {(r["tag"], r["label"]) for r in rows if r["method"] == "leap-other"} == {("-other", "Leap [other]")}
     assert {r["tag"] for r in rows if r["method"] != "leap-other"} == {""}

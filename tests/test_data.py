@@ -108,9 +108,12 @@ def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "Omniglot", partial)
     (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("there before")
     with pytest.raises(DataError, match="downloading it failed .*connection reset"):
         Omniglot(str(tmp_path / "kept" / "new" / "deeper"), 1, download=True)
-    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["kept"]
+    with pytest.raises(DataError, match="downloading it failed"):  # into a folder that exists and holds a file
+        Omniglot(str(tmp_path / "kept"), 1, download=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kept", "kept/mine.txt"]
 
 
 def test_corrupt_image_names_the_file(fake_root, tmp_path):

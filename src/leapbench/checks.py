@@ -41,8 +41,9 @@ NEEDS = {
 }
 
 
-def build(node: DictConfig, **kwargs):
-    """``hydra.utils.instantiate`` that surfaces our own errors instead of Hydra's wrapper."""
+def build(node: DictConfig, key: str = "config", **kwargs):
+    """``hydra.utils.instantiate`` that surfaces our own errors instead of Hydra's wrapper; ``key`` (the group,
+    e.g. ``model``) names the node in any other failure."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
@@ -51,10 +52,11 @@ def build(node: DictConfig, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        where, why = node._get_full_key(None) or "config", e.__cause__ or e  # the target's own error, in one line
+        why = e.__cause__ or e  # the target's own error, in one line
+        first = (str(why).splitlines() or [""])[0]
         raise ConfigError(
-            f"{where}._target_={node.get('_target_')}: building it failed ({type(why).__name__}: "
-            f"{str(why).splitlines()[0]})."
+            f"{key}._target_={node.get('_target_')}: building it failed ({type(why).__name__}"
+            + (f": {first})." if first else ").")
         ) from e
 
 
@@ -97,8 +99,8 @@ def validate(cfg: DictConfig) -> tuple:
     check_device(str(cfg.device))
     schema.check_types(cfg)
     check(cfg)
-    inner, learner = build(cfg.inner), build(method_node(cfg))
-    build(cfg.model, **MODEL_STUBS.get(cfg.model._target_, {}))  # its ranges (the real one waits for the data)
+    inner, learner = build(cfg.inner, "inner"), build(method_node(cfg), "method")
+    build(cfg.model, "model", **MODEL_STUBS.get(cfg.model._target_, {}))  # its ranges (the real one waits for data)
     test_adapt, val_adapt = (build_adaptation(cfg, group) for group in ("eval", "val"))
     if cfg.device != "cpu" and inner.cpu_only:
         raise ConfigError(f"experiment={cfg.experiment_name} runs on the CPU only; use device=cpu.")
@@ -131,7 +133,7 @@ def check_data(cfg: DictConfig, data: Benchmark, learner: Any, adaptations: dict
     ``adaptations``: the built ``val`` and ``eval`` adaptations."""
     if not data.test:
         raise ConfigError(f"experiment={cfg.experiment_name} has no test tasks with this config; name at least one.")
-    if cfg.train.val_every is not None and not data.val:
+    if cfg.train.val_every is not None and not data.val and learner.trains:  # no pretraining validates nothing
         raise ConfigError(
             f"train.val_every={cfg.train.val_every} but experiment={cfg.experiment_name} has no validation tasks "
             "with this config; set train.val_every=null."
@@ -179,7 +181,7 @@ def method_node(cfg: DictConfig) -> DictConfig:
 def build_adaptation(cfg: DictConfig, group: str):
     """``build(cfg.eval)`` or ``build(cfg.val)``, with the group named in a refusal (the class serves both)."""
     try:
-        return build(cfg[group])
+        return build(cfg[group], group)
     except ConfigError as e:
         raise ConfigError(f"{group}.{e}" if re.match(r"\w+=", str(e)) else str(e)) from None
 

@@ -138,7 +138,7 @@ def composition_problem(overrides: list[str]) -> str | None:
 
 def preset_problem(overrides: list[str]) -> str | None:
     """A preset (``<experiment>_<scale>``) named for another experiment than the one composed, else None."""
-    chosen = [o.partition("=")[2] for o in overrides if o.lstrip("+").partition("=")[0] == "preset"]
+    chosen = [o.partition("=")[2].strip("'\"") for o in overrides if o.lstrip("+").partition("=")[0] == "preset"]
     if not chosen or chosen[-1] in ("", "null"):
         return None
     experiment = compose("config", overrides=overrides).experiment_name

@@ -88,8 +88,8 @@ class Adaptation:
             raise ConfigError(f"max_steps={self.max_steps} must be >= steps={self.steps}.")
         if self.mode == "early_stop" and self.eval_every > self.max_steps:
             raise ConfigError(
-                f"eval_every={self.eval_every} is more than max_steps={self.max_steps}: early stopping would never "
-                f"check; choose eval_every in 1..{self.max_steps}."
+                f"eval_every={self.eval_every} is more than max_steps={self.max_steps}: it could never stop early "
+                f"(its only check would be at max_steps); choose eval_every in 1..{self.max_steps}."
             )
         if self.batched and self.epochs:
             raise ConfigError(

@@ -56,14 +56,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         torch.set_num_threads(int(cfg.threads))
 
     start = time.perf_counter()
-    data = build(cfg.data)
+    data = build(cfg.data, "data")
     data.to(device)  # images live on the run's device (a no-op on the CPU)
     seconds = {"data": round(time.perf_counter() - start, 3)}
     learner.skip_diverging = cfg.train.on_divergence == "skip"
     check_data(cfg, data, learner, {"val": val_adapt, "eval": test_adapt})
     with torch.random.fork_rng(devices=[]):  # model init from the run seed, without touching global RNG state
         torch.manual_seed(cfg.seed)
-        model = build(cfg.model, **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
+        model = build(cfg.model, "model", **data.model_kwargs).to(device)  # e.g. Multi-CV's heads
         learner.setup(model, inner, len(data.pretrain))  # its refusals (method.scope, ...) come before any write
     if learner.trains and not data.pretrain:
         fix = (
@@ -103,7 +103,9 @@ def _run(cfg, overrides, data, inner, learner, val_adapt, test_adapt, device, se
         start_run_dir(cfg, resuming=resume is not None)
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger = build(cfg.logger)(run_dir=cfg.run_dir, run_name=cfg.run_name, config=config) if main else NullLogger()
+    logger = (
+        build(cfg.logger, "logger")(run_dir=cfg.run_dir, run_name=cfg.run_name, config=config) if main else NullLogger()
+    )
     origin = provenance(overrides)  # taken at the start: the code that runs is the code recorded
     start = time.time()
     exit_code = 1

@@ -412,6 +412,8 @@ def _check_node(node: Any, schema: type, path: str) -> None:
             f"({key}.<key>=...) rather than removing it."
         )
     if schema is Optimizer:
+        if "_target_" not in node:
+            raise ConfigError(f"{path}._target_ is missing; name an optimizer class, e.g. torch.optim.SGD.")
         _check_optimizer_class(node["_target_"], path)
 
 

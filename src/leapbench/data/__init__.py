@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
 @contextmanager
-def undone_on_failure(root: Path) -> Iterator[None]:
-    """Create ``root`` for a download; if the download fails, remove what it made: new entries under ``root``,
-    and ``root`` with any parent folders created for it (a refused run leaves the disk as it was)."""
+def undone_on_failure(root: Path, own: Path | None = None) -> Iterator[None]:
+    """Create ``root`` for a download into ``own`` (the dataset's own folder; default ``root``). If the download
+    fails, remove ``own`` when this call created it, then the folders made for ``root`` that are left empty:
+    nothing that was there before is touched. (Two jobs that both create ``own`` at once share it: the one that
+    fails removes it.)"""
+    own = own or root
     made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
-    before = set(root.iterdir()) if root.is_dir() else set()
+    fresh = not own.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
         yield
     except BaseException:
-        for entry in set(root.iterdir()) - before:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if fresh:
+            shutil.rmtree(own, ignore_errors=True)
         for folder in made:
-            if folder.is_dir() and not any(folder.iterdir()):
-                os.rmdir(folder)
+            with suppress(OSError):  # not empty, or gone already
+                folder.rmdir()
         raise

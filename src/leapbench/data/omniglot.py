@@ -69,7 +69,7 @@ def _download(root: Path) -> Path:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
     try:
-        with undone_on_failure(root):
+        with undone_on_failure(root, root / "omniglot-py"):  # where torchvision puts it
             for background in (True, False):
                 TVOmniglot(str(root), background=background, download=True)
     except Exception as e:  # noqa: BLE001 - any network/IO failure gets the same advice
