@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
 from leapbench import registry, tables  # noqa: E402
+from leapbench.errors import script_main  # noqa: E402
 from leapbench.results import export_run, format_interval  # noqa: E402
 
 OUT = ROOT / "results" / "omniglot" / "budget"
@@ -297,4 +298,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

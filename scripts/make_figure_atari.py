@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
 from leapbench import tables  # noqa: E402
+from leapbench.errors import script_main  # noqa: E402
 from leapbench.rl.a2c import moving_average  # noqa: E402
 
 SPEC = tables.SPECS["atari"]
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

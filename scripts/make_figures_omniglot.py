@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
 from leapbench import tables  # noqa: E402
+from leapbench.errors import script_main  # noqa: E402
 
 SMOOTH = 5
 SPEC = tables.SPECS["omniglot"]
@@ -102,4 +103,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

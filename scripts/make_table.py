@@ -22,6 +22,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runnable without installing
 from leapbench import tables  # noqa: E402
+from leapbench.errors import script_main  # noqa: E402
 from leapbench.results import export_run  # noqa: E402
 
 
@@ -160,6 +161,10 @@ def main() -> None:
     args = p.parse_args()
     spec, root = tables.SPECS[args.experiment], Path(args.results)
     base = root / args.experiment / args.scale
+    for folder in [d for d in args.conf if not (d / "method").is_dir()][:1]:
+        sys.exit(f"--conf {folder} holds no method/ folder of configs; name a config folder like conf/.")
+    if args.collect and not Path(args.collect).is_dir():
+        sys.exit(f"--collect {args.collect} is not a folder; name the runs folder (paths.runs, default ./runs).")
     if args.collect:
         print(
             f"exported {collect(Path(args.collect), base, args.experiment, args.scale)} finished runs", file=sys.stderr
@@ -168,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
+from leapbench.errors import script_main  # noqa: E402
 from leapbench.results import export_run, format_interval  # noqa: E402
 
 
 def load(folders: list[Path]) -> dict[int, dict]:
     summaries = {}
     for folder in folders:
+        if not (folder / "summary.json").is_file():
+            sys.exit(f"error: {folder} holds no finished run.")
         s = json.loads((folder / "summary.json").read_text())
         if s.get("status") != "finished":
             sys.exit(f"error: {folder} holds no finished run.")
@@ -58,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -27,6 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
+from leapbench.errors import script_main  # noqa: E402
 from leapbench.results import export_run, format_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing
 from leapbench.checks import build  # noqa: E402
-from leapbench.errors import LeapError  # noqa: E402
+from leapbench.errors import LeapError, script_main  # noqa: E402
 from leapbench.evaluation import evaluate  # noqa: E402
 from leapbench.loop import eval_seeds  # noqa: E402
 from leapbench.provenance import commit  # noqa: E402
@@ -66,6 +66,12 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="keep the rows already in --out; retest only runs not there")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        sys.exit(f"--set {bad[0]} is not KEY=VALUE; write e.g. --set eval.stop_on=val.")
+    missing = [d for d in args.runs if not (d / "summary.json").is_file() or not (d / "config.yaml").is_file()]
+    if missing:
+        sys.exit(f"{missing[0]} holds no run (summary.json and config.yaml); name a run folder.")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, done = [], set()
@@ -101,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -78,6 +78,11 @@ def main() -> None:
     p.add_argument("runs", nargs="?", default="runs", type=Path)
     p.add_argument("--dry-run", action="store_true", help="print the segments in the order they would be synced")
     args = p.parse_args()
+    if not args.runs.is_dir():
+        print(
+            f"error: {args.runs} is not a folder; name the runs folder (paths.runs, default ./runs).", file=sys.stderr
+        )
+        sys.exit(2)
     plan = segments(args.runs)
     if args.dry_run:
         for run, segs in plan.items():

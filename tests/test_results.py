@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -120,3 +122,29 @@ def test_paired_runs_prints_the_paired_difference_and_exports(runs, tmp_path):
         "scratch/n1-s0/summary.json",
         "scratch/n1-s1/summary.json",
     ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["scripts/make_table.py", "omniglot", "--scale", "nope", "--results", "EMPTY"], "No finished omniglot runs"),
+        (["scripts/make_table.py", "omniglot", "--conf", "EMPTY/nonexist"], "holds no method/ folder"),
+        (["scripts/make_table.py", "omniglot", "--collect", "EMPTY/nonexist"], "is not a folder"),
+        (["scripts/make_figures_omniglot.py", "--scale", "nope", "--results", "EMPTY"], "runs.csv is missing"),
+        (["scripts/budget_study.py", "--out", "EMPTY"], "budget.csv; run the study"),
+        (["scripts/budget_study.py", "--out", "BROKEN"], "(an input file is missing or malformed)"),
+        (["scripts/paired_runs.py", "--a", "EMPTY/nonexist", "--b", "EMPTY"], "holds no finished run"),
+        (["scripts/retest.py", "EMPTY/nonexist", "--set", "eval.steps=3", "--out", "EMPTY/x.csv"], "holds no run"),
+        (["scripts/retest.py", "EMPTY", "--set", "nosuch", "--out", "EMPTY/x.csv"], "--set nosuch is not KEY=VALUE"),
+        (["scripts/sync_wandb.py", "EMPTY/nonexist"], "is not a folder"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]),
+)
+def test_scripts_refuse_bad_input_in_one_line(args, message, tmp_path):
+    """The scripts' own refusals and a malformed input file: one ``error:`` line, exit 2, no traceback."""
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "budget.csv").write_text("x,y\n1,2\n")  # a CSV without the study's columns
+    args = [a.replace("EMPTY", str(tmp_path)).replace("BROKEN", str(tmp_path / "broken")) for a in args]
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr

@@ -108,3 +108,54 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, fake_root):
         run(make_cfg("method=leap", *ARGS, "overwrite=true", tmp_path=tmp_path, data_root=fake_root))["status"]
         == "finished"
     )
+
+
+def test_resume_refuses_a_cut_history_and_clears_stale_temporary_files(tmp_path, fake_root):
+    """A metrics.jsonl that lost rows since the checkpoint (cut mid-line, or deleted) is refused, not resumed
+    with a gap; once restored the run resumes, and a temporary file a SIGKILL left behind is gone."""
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        command("leap", runs, fake_root),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    run_dir = runs / "omniglot" / "leap" / "smoke" / "n2-s0"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and max(train_steps(run_dir), default=0) >= 4:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    metrics = run_dir / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    (run_dir / ".ckpt.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what a kill during a write leaves
+    for cut in (whole[: whole.index(b"\n") + 5], b""):  # cut in the second row; emptied
+        metrics.write_bytes(cut)
+        out = subprocess.run(command("leap", runs, fake_root), cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "complete rows, but the checkpoint was written after" in out.stderr
+        assert metrics.read_bytes() == cut  # refused before anything was written
+    metrics.write_bytes(whole)
+    subprocess.run(command("leap", runs, fake_root), cwd=ROOT, check=True, capture_output=True)
+    assert train_steps(run_dir) == list(range(1, 9)) and not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_finished_run_with_a_broken_summary_or_config_is_named(tmp_path, fake_root):
+    cfg = make_cfg("method=scratch", *ARGS, tmp_path=tmp_path, data_root=fake_root)
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    summary, config = (run_dir / "summary.json").read_text(), (run_dir / "config.yaml").read_text()
+    for text in ("{{{: bad: [", "- a", ""):
+        (run_dir / "config.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="config.yaml of a finished run is unreadable or empty"):
+            run(cfg)
+    (run_dir / "config.yaml").write_text(config)
+    (run_dir / "summary.json").write_text("[]")
+    with pytest.raises(ConfigError, match="summary.json holds no run summary"):
+        run(cfg)
+    (run_dir / "summary.json").write_text(summary)
+    assert run(cfg)["status"] == "finished"  # restored: the finished run is found again, and skipped

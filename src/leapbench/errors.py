@@ -1,5 +1,12 @@
 """Errors that carry a message for the user; ``cli.main`` prints them and exits non-zero."""
 
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
 
 class LeapError(Exception):
     """A problem the user can fix; the message says how."""
@@ -24,3 +31,22 @@ def write_error(path, e: OSError) -> WriteError:
         "paths.runs / LEAP_RUNS_DIR elsewhere), then run the same command again: a run resumes from its last "
         "checkpoint, and files written before the failure are unchanged."
     )
+
+
+def script_main(main: Callable[[], None]) -> None:
+    """Run a script's ``main``: its own refusals (``sys.exit("...")``) and an unreadable or malformed input file
+    become one ``error: ...`` line and exit 2, without a traceback (``LEAP_DEBUG=1`` shows it)."""
+    try:
+        main()
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        message = e.code.removeprefix("error: ")
+    except (LeapError, OSError, ValueError, KeyError, TypeError, subprocess.CalledProcessError) as e:
+        if os.environ.get("LEAP_DEBUG") == "1":
+            raise
+        message = (
+            f"{e}" if isinstance(e, LeapError) else f"{type(e).__name__}: {e} (an input file is missing or malformed)"
+        )
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

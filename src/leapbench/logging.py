@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from .errors import write_error
+from .errors import ConfigError, write_error
 
 
 @contextmanager
@@ -174,9 +174,16 @@ class RunLogger:
             run.log_artifact(artifact, aliases=["tested"])
 
     def truncate(self, rows: int) -> None:
-        """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest)."""
+        """Keep the first ``rows`` rows of ``metrics.jsonl`` (a resumed run redoes the rest); refuse a file that
+        lost some of them (cut, edited or deleted since the checkpoint), rather than resume with a gap."""
         self.metrics.close()
         kept = self.path.read_text().splitlines(keepends=True)[:rows]
+        whole = sum(1 for line in kept if line.endswith("\n") and _is_json(line))
+        if whole < rows:
+            raise ConfigError(
+                f"{self.path} holds {whole} complete rows, but the checkpoint was written after {rows}: the run's "
+                "history was cut or edited since. Restore the file, or run again with overwrite=true to start afresh."
+            )
         with atomic_open(self.path) as f:
             f.writelines(kept)
         self.rows = len(kept)
@@ -259,3 +266,11 @@ class TestProgress:
     def __exit__(self, *exc) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False

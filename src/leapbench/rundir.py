@@ -96,10 +96,22 @@ def finished_run(cfg: DictConfig, refuse: bool = True) -> dict | None:
         raise ConfigError(
             f"{summary_path} is not valid JSON ({e}); move it away, or set overwrite=true to run again."
         ) from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{summary_path} holds no run summary; move it away, or set overwrite=true to run again.")
     if summary.get("status") != "finished":
         return None  # crashed or interrupted: run again
-    old = cast(dict, OmegaConf.to_container(OmegaConf.load(config_path))) if config_path.exists() else None
-    if old is not None and result_config(old) == result_config(cfg):
+    old: object = None
+    if config_path.exists():
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(config_path))
+        except Exception:  # noqa: BLE001 - unreadable YAML of any kind
+            old = None
+        if not isinstance(old, dict) or not old:
+            raise ConfigError(
+                f"{config_path} of a finished run is unreadable or empty; restore it, or set overwrite=true to run "
+                "again."
+            )
+    if isinstance(old, dict) and result_config(old) == result_config(cfg):
         return summary
     if not refuse:
         return None
@@ -172,6 +184,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
+        for stale in run_dir.glob(".*.tmp"):  # a write cut off by SIGKILL (atomic_open): never a result
+            stale.unlink(missing_ok=True)
         yield
     finally:
         f.close()  # releases the lock

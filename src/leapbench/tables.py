@@ -228,6 +228,8 @@ def cell_order(df: pd.DataFrame, spec: Spec) -> list:
 def misfits(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Runs a table cannot place: a missing cell key or headline score, or a second run of the same method,
     cell and seed (the later by path is left out). Reported by name."""
+    if df.empty:
+        return df
     headline = next(iter(spec.scores))
     bad = df[spec.cell].isna() | df[headline].isna() | df.duplicated(["method", spec.cell, "seed"], keep="first")
     for run in df.loc[bad, "run"].drop_duplicates():
