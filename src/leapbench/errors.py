@@ -38,6 +38,7 @@ def script_main(main: Callable[[], None]) -> None:
     become one ``error: ...`` line and exit 2, without a traceback (``LEAP_DEBUG=1`` shows it)."""
     try:
         main()
+        return
     except SystemExit as e:
         if not isinstance(e.code, str):
             raise
