@@ -104,8 +104,8 @@ def finished_run(cfg: DictConfig, refuse: bool = True) -> dict | None:
     if config_path.exists():
         try:
             old = OmegaConf.to_container(OmegaConf.load(config_path))
-        except Exception:  # noqa: BLE001 - unreadable YAML of any kind
-            old = None
+        except Exception:  # noqa: BLE001 - unreadable YAML of any kind: refused just below
+            pass
         if not isinstance(old, dict) or not old:
             raise ConfigError(
                 f"{config_path} of a finished run is unreadable or empty; restore it, or set overwrite=true to run "

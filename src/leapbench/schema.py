@@ -406,10 +406,11 @@ def _check_node(node: Any, schema: type, path: str) -> None:
         if key not in fields:
             raise ConfigError(no_such_key(path, key, sorted(fields)))
         _check_value(value, fields[key], where)
-    for key in (k for k, kind in fields.items() if kind is Node and k not in node):  # a group removed (~model)
+    removed = next((k for k, kind in fields.items() if kind is Node and k not in node), None)  # e.g. ~model
+    if removed is not None:
         raise ConfigError(
-            f"{path + '.' if path else ''}{key} is missing: the experiment sets it; change its keys "
-            f"({key}.<key>=...) rather than removing it."
+            f"{path + '.' if path else ''}{removed} is missing: the experiment sets it; change its keys "
+            f"({removed}.<key>=...) rather than removing it."
         )
     if schema is Optimizer:
         if "_target_" not in node:
