@@ -245,6 +245,30 @@ def test_a_multirun_reports_the_bad_job_and_runs_the_others(fake_root, tmp_path)
     assert re.search(r"error: \[method=scratch seed=abc .*\] seed=abc must be an integer", out.stderr)  # the job's line
     assert "failed: seed=abc must be an integer." in out.stderr  # Hydra's last line
     assert [p.parent.name for p in runs.rglob("summary.json")] == ["n2-s1"]  # the good job ran
+    assert (runs / "multirun.yaml").is_file()  # the sweeper's record of the sweep that wrote there
+
+
+def test_a_multirun_of_refused_jobs_leaves_the_runs_folder_as_it_was(fake_root, tmp_path):
+    """Hydra's sweeper writes multirun.yaml before any job starts; when every job is refused it is undone."""
+
+    def sweep(runs: Path, *args: str) -> subprocess.CompletedProcess:
+        out = cli(
+            OMNIGLOT, "-m", "method=scratch", *args, f"paths.cache={tmp_path / 'cache'}", runs=runs, fake_root=fake_root
+        )
+        assert "Traceback" not in out.stderr, out.stderr
+        return out
+
+    def state(runs: Path) -> dict:
+        return {p: (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns) for p in runs.rglob("*")}
+
+    assert sweep(tmp_path / "new" / "runs", "launcher=joblib", "seed=x,y").returncode == 2  # jobs in workers
+    assert not (tmp_path / "new").exists()
+    runs = tmp_path / "runs"
+    assert sweep(runs, "seed=1").returncode == 0
+    before = state(runs)
+    out = sweep(runs, "train.patience=0,-1")
+    assert out.returncode == 2 and "error: [" in out.stderr and "train.patience=-1 must be at least 1" in out.stderr
+    assert state(runs) == before  # the earlier sweep's multirun.yaml is back, byte for byte
 
 
 def test_a_misspelt_sweep_value_is_refused_before_any_job_runs(fake_root, tmp_path):

@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import distributed, schema
+from . import distributed, rundir, schema
 from .errors import LeapError
 from .registry import CONF
 from .runner import run
@@ -190,4 +190,6 @@ def cli() -> None:
     try:
         main()
     except SystemExit as e:
+        if e.code:
+            rundir.restore_sweep_folder()  # a multirun whose every job was refused leaves paths.runs as it was
         sys.exit(2 if JobFailed.seen and e.code == 1 else e.code)

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
-from .errors import ConfigError, write_error
+from .errors import ConfigError, LeapError, write_error
 from .logging import atomic_open
 
 # Keys that do not change what a run computes: a finished run with only these changed is the same run.
@@ -130,10 +130,9 @@ class RunsFolderCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        value = OmegaConf.select(config, "paths.runs", throw_on_resolution_failure=False)
-        if not isinstance(value, str):
+        runs = runs_folder(config)
+        if runs is None:
             return  # not a path at all, or one that does not resolve: the schema refuses it (checks.validate)
-        runs = Path(value).absolute()
         try:
             folder = next(p for p in (runs, *runs.parents) if p.exists())
             if not folder.is_dir():
@@ -155,6 +154,64 @@ class RunsFolderCheck(Callback):
             )
             sys.exit(2)
         self.on_run_start(config)
+        remember_sweep_folder(runs_folder(config))
+
+
+def runs_folder(config: DictConfig) -> Path | None:
+    value = OmegaConf.select(config, "paths.runs", throw_on_resolution_failure=False)
+    return Path(value).absolute() if isinstance(value, str) else None
+
+
+SWEEP_MANIFEST = "multirun.yaml"  # what Hydra's sweeper writes into paths.runs before any job starts
+_sweep_folder: tuple[Path, Path, dict[str, int], tuple[bytes, os.stat_result] | None] | None = None
+
+
+def remember_sweep_folder(runs: Path | None) -> None:
+    """Note what ``runs`` holds before a multirun, for :func:`restore_sweep_folder`."""
+    global _sweep_folder
+    if runs is None:
+        return
+    existing = next(p for p in (runs, *runs.parents) if p.exists())
+    manifest = runs / SWEEP_MANIFEST
+    old = (manifest.read_bytes(), manifest.stat()) if manifest.is_file() else None
+    _sweep_folder = (runs, existing, entries(runs), old)
+
+
+def entries(folder: Path) -> dict[str, int]:
+    """The folder's entries but the sweep manifest, and the modification time of every folder below it (a job that
+    writes anywhere, even into an existing run folder, changes one); empty if the folder does not exist."""
+    if not folder.is_dir():
+        return {}
+    seen = {e.name: 0 for e in os.scandir(folder) if e.name != SWEEP_MANIFEST}
+    for sub, _, _ in os.walk(folder):
+        if sub != str(folder):
+            seen[sub] = os.stat(sub).st_mtime_ns
+    return seen
+
+
+def restore_sweep_folder() -> None:
+    """After a failed multirun in which no job wrote anything (each was refused), leave ``paths.runs`` as it was:
+    the sweeper's ``multirun.yaml`` removed (or its earlier content back), and the folders made for it removed."""
+    if _sweep_folder is None:
+        return
+    runs, existing, before, old = _sweep_folder
+    try:
+        if entries(runs) != before:
+            return  # a job wrote there: the manifest records the sweep that did it
+        manifest = runs / SWEEP_MANIFEST
+        if old is not None:
+            content, stat = old
+            with atomic_open(manifest, "wb") as f:
+                f.write(content)
+            os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            return
+        manifest.unlink(missing_ok=True)
+        for folder in (runs, *runs.parents):
+            if folder == existing:
+                break
+            folder.rmdir()
+    except (OSError, LeapError):
+        pass  # best effort: the refusal itself is already printed
 
 
 @contextmanager
