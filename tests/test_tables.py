@@ -55,6 +55,15 @@ def fake_run(base: Path, method: str, n: int, seed: int, error: float, auc: floa
     (d / "config.yaml").write_text(f"train: {{meta_steps: 2, meta_batch_size: 1}}\ndata: {{num_pretrain: {n}}}\n")
 
 
+def make_table(results: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture
 def results(tmp_path):
     root = tmp_path / "results"
@@ -144,12 +153,7 @@ def test_runs_that_do_not_fit_are_reported_by_name(results, tmp_path):
     del s["split_seed"]
     (old / "summary.json").write_text(json.dumps(s))
     (old / "config.yaml").write_text("data: {num_pretrain: 1, split_seed: 7}\n")
-    out = subprocess.run(
-        [sys.executable, "scripts/make_table.py", "omniglot", "--scale", "smoke", "--results", str(results)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    out = make_table(results)
     assert out.returncode == 0, out.stderr
     assert "runs/scratch/n1-s0-copy" in out.stderr and "atari-run" in out.stderr
     assert "runs/leap/n1-s1 (status crashed)" in out.stderr
@@ -172,3 +176,30 @@ def test_committed_tables_regenerate_byte_for_byte(tmp_path):
         assert (copy / "omniglot" / "budget" / f).read_bytes() == (
             ROOT / "results" / "omniglot" / "budget" / f
         ).read_bytes()
+
+
+def test_a_cell_that_averages_different_configs_is_named(results):
+    """Seeds of one cell whose configs differ (a varied key, or a key only one run's command set) are averaged as
+    one config: the table says so by key and run; every run records the key from its own config."""
+    base = results / "omniglot" / "smoke"
+    for seed, steps, lr in ((0, 2, 0.1), (1, 4, 0.05)):
+        fake_run(base, "leap", 1, seed, 10.0 + seed, 50.0)
+        d = base / "runs" / "leap" / f"n1-s{seed}"
+        (d / "config.yaml").write_text(
+            f"train: {{meta_steps: {steps}, meta_batch_size: 1}}\ndata: {{num_pretrain: 1, split_seed: {seed}}}\n"
+            f"inner: {{optimizer: {{lr: {lr}}}}}\n"
+        )
+    s1 = base / "runs" / "leap" / "n1-s1" / "summary.json"
+    s = json.loads(s1.read_text())
+    s1.write_text(json.dumps(s | {"command": s["command"] + " inner.optimizer.lr=0.05"}))
+    fake_run(base, "scratch", 1, 0, 12.0, 60.0)
+    fake_run(base, "scratch", 1, 1, 13.0, 61.0)
+    out = make_table(results)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, out.stderr  # leap differs in two keys; scratch (and the split seed) does not count
+    assert any("train.meta_steps (2, 4)" in w and "runs/leap/n1-s0, runs/leap/n1-s1" in w for w in warnings)
+    assert any("inner.optimizer.lr (0.05, 0.1)" in w for w in warnings)
+    runs = pd.read_csv(base / "runs.csv").set_index(["method", "seed"])
+    assert runs.loc[("leap", 0), "inner.optimizer.lr"] == 0.1  # from its config, though its command omits it
+    assert runs.loc[("scratch", 0), "inner.optimizer.lr"] != runs.loc[("scratch", 0), "inner.optimizer.lr"]  # NaN

@@ -102,8 +102,18 @@ def _get(cfg, dotted: str):
     return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
 
 
-def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.MethodInfo]) -> list[dict]:
-    """The runs.csv rows of one exported run (Atari: one per test game)."""
+def overridden(summary: dict) -> list[str]:
+    """The dotted config keys a run's command set (paths aside): the keys a sweep or a user varied."""
+    words = summary.get("command", "").split()
+    keys = [w.split("=", 1)[0].lstrip("+") for w in words if "=" in w]
+    return [k for k in keys if "." in k and not k.startswith("paths")]
+
+
+def run_rows(
+    folder: Path, base: Path, spec: Spec, known: dict[str, registry.MethodInfo], keys: list[str]
+) -> list[dict]:
+    """The runs.csv rows of one exported run (Atari: one per test game), with its config's value of every key in
+    ``keys``."""
     s = json.loads((folder / "summary.json").read_text())
     cfg = OmegaConf.load(folder / "config.yaml") if (folder / "config.yaml").exists() else OmegaConf.create()
     m = registry.info(s["method"], known, s.get("label"), s.get("color"))
@@ -128,10 +138,6 @@ def run_rows(folder: Path, base: Path, spec: Spec, known: dict[str, registry.Met
         "command": s.get("command"),
         "run": folder.relative_to(base).as_posix(),
     }
-    overridden = [w.split("=", 1)[0].lstrip("+") for w in s.get("command", "").split() if "=" in w]  # any program
-    keys = list(spec.varied) + [
-        k for k in overridden if k not in spec.varied and "." in k and not k.startswith("paths")
-    ]
     config = {k: _get(cfg, k) for k in keys}
     test = s["test"]
     if spec.experiment == "atari":
@@ -165,16 +171,17 @@ def runs_table(base: Path, spec: Spec, conf_dirs: tuple[Path, ...] = ()) -> pd.D
     """Every finished exported run under ``base/runs`` as one tidy DataFrame, sorted; runs of another experiment
     are reported by name and left out."""
     known = registry.methods(*conf_dirs)
-    rows = []
+    found = []
     for p in sorted((base / "runs").rglob("summary.json")):
         s = json.loads(p.read_text())
         if s.get("status") != "finished" or "test" not in s:
             print(f"not in the {spec.experiment} table: {p.parent} (status {s.get('status')})", file=sys.stderr)
-            continue
-        if s.get("experiment") != spec.experiment:
+        elif s.get("experiment") != spec.experiment:
             print(f"not in the {spec.experiment} table: {p.parent} (a {s.get('experiment')} run)", file=sys.stderr)
-            continue
-        rows += run_rows(p.parent, base, spec, known)
+        else:
+            found.append((p.parent, s))
+    keys = list(dict.fromkeys([*spec.varied, *(k for _, s in found for k in overridden(s))]))  # one set for all
+    rows = [row for folder, _ in found for row in run_rows(folder, base, spec, known, keys)]
     if not rows:
         return pd.DataFrame(columns=RUN_COLUMNS + [spec.cell, *spec.scores] + TAIL_COLUMNS)
     df = pd.DataFrame(rows)
@@ -227,9 +234,11 @@ def cell_order(df: pd.DataFrame, spec: Spec) -> list:
 
 def misfits(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Runs a table cannot place: a missing cell key or headline score, or a second run of the same method,
-    cell and seed (the later by path is left out). Reported by name."""
+    cell and seed (the later by path is left out). Reported by name; so is a cell that averages runs of different
+    configs (:func:`pooled`)."""
     if df.empty:
         return df
+    pooled(df, spec)
     headline = next(iter(spec.scores))
     bad = df[spec.cell].isna() | df[headline].isna() | df.duplicated(["method", spec.cell, "seed"], keep="first")
     for run in df.loc[bad, "run"].drop_duplicates():
@@ -239,6 +248,26 @@ def misfits(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
             file=sys.stderr,
         )
     return df[~bad]
+
+
+SEED_KEYS = ("data.split_seed",)  # config keys that move with the seed: they differ within a cell by design
+
+
+def pooled(df: pd.DataFrame, spec: Spec) -> None:
+    """Warn, naming the runs, where one cell (method and cell key) holds runs that differ in a recorded config key
+    or in scale: the table averages them as seeds of one config. A key a run's config lacks (an older run) does
+    not count."""
+    keys = ["scale"] + [c for c in df.columns if "." in c and c not in SEED_KEYS]
+    for (cell, method), g in df.groupby([spec.cell, "method"], sort=False):
+        for k in keys:
+            values = sorted({str(v) for v in g[k] if v is not None and not (isinstance(v, float) and np.isnan(v))})
+            if len(values) > 1:
+                print(
+                    f"warning: the {spec.experiment} table averages runs of {method} at {spec.cell}={cell} that "
+                    f"differ in {k} ({', '.join(values)}): {', '.join(dict.fromkeys(g['run']))}. Keep one config per "
+                    "results folder, or run the others with tag=<name> (--collect leaves tagged runs out).",
+                    file=sys.stderr,
+                )
 
 
 def cell_stats(df: pd.DataFrame, spec: Spec, root: Path) -> pd.DataFrame:
